@@ -1,0 +1,332 @@
+"""``solve()``: one solver, end to end, as one compiled program.
+
+The driver walks a schedule that is data (see :mod:`invdiff.schedule`) with one
+``jax.lax.scan``. A transition that goes down calls ``solver.step`` (one reverse step, with
+the network); a transition that goes up re-noises with the forward chain and calls no
+network, so RePaint-style resampling composes with every solver.
+
+Solvers are immutable PyTrees: integer settings that change the program (``steps``,
+``jump_length``) are static, continuous hyperparameters are array leaves, so a sweep over
+them — like a new y, mask, key or label — reuses the compiled program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from invdiff import noise
+from invdiff.model import Model
+from invdiff.operator import LinearOperator
+from invdiff.schedule import repaint_schedule, transitions
+
+Array = jax.Array
+
+
+@struct.dataclass
+class Problem:
+    """What a solver step sees: the prior, the operator and the measurement.
+
+    ``sigma_y`` is the measurement noise standard deviation in model units ([-1, 1] images).
+    """
+
+    model: Model
+    op: LinearOperator
+    y: Array
+    sigma_y: Array
+    label: Array | None = None
+
+
+@struct.dataclass
+class Step:
+    """One transition t -> s of the walk, as traced scalars (original timesteps; s = -1 is clean)."""
+
+    t: Array
+    s: Array
+    abar_t: Array
+    abar_s: Array
+    omab_t: Array  # 1 - ᾱ_t, computed in float64 on the host
+    omab_s: Array  # 1 - ᾱ_s
+    beta: Array  # β' = 1 - ᾱ_t / ᾱ_s of the (respaced) transition
+    log_var_clipped: Array
+    up: Array
+    index: Array
+
+    @property
+    def sigma_t(self) -> Array:
+        """sqrt(1 - ᾱ_t), the noise level at t."""
+        return jnp.sqrt(self.omab_t)
+
+    @property
+    def sigma_s(self) -> Array:
+        """sqrt(1 - ᾱ_s), the noise level at s."""
+        return jnp.sqrt(self.omab_s)
+
+    @property
+    def is_last(self) -> Array:
+        return self.s < 0
+
+
+class Solver(struct.PyTreeNode):
+    """Base class of solvers: ``init`` and ``step`` are pure; the walk is data.
+
+    ``steps``: respaced diffusion steps walked (defaults to the paper's setting in each
+    subclass). ``jump_length`` / ``jump_n_sample``: RePaint's resampling walk, available to
+    every solver (1, 1 = no resampling).
+    """
+
+    steps: int = struct.field(pytree_node=False, default=100, kw_only=True)
+    jump_length: int = struct.field(pytree_node=False, default=1, kw_only=True)
+    jump_n_sample: int = struct.field(pytree_node=False, default=1, kw_only=True)
+
+    #: network forward passes per down step, and vector-Jacobian products through it
+    nfe_per_step: ClassVar[int] = 1
+    vjp_per_step: ClassVar[int] = 0
+
+    def walk(self) -> np.ndarray:
+        """The respaced indices this solver walks (RePaint's jump schedule)."""
+        return repaint_schedule(self.steps, self.jump_length, self.jump_n_sample)
+
+    def check(self, problem: Problem) -> None:
+        """Raise a clear error for a problem this solver cannot take (called before compiling)."""
+
+    def init(self, problem: Problem, x: Array, key: Array) -> Any:
+        """Solver-private state carried along the walk (default: none)."""
+        return ()
+
+    def step(self, problem: Problem, tr: Step, x: Array, state: Any, key: Array) -> tuple[Array, Any, Array]:
+        """One reverse transition: returns (x_s, new state, x̂0 used in this step)."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------
+# Shared step maths for solvers: x̂0 prediction, ancestral steps, noised measurements.
+
+
+def _timesteps(t: Array, x: Array) -> Array:
+    return jnp.full((x.shape[0],), t, dtype=jnp.int32)
+
+
+def denoise(problem: Problem, x: Array, tr: Step) -> tuple[Array, Array, Array | None]:
+    """Network call at t: returns (ε̂, x̂0, v) where v is the learned variance or None."""
+    eps, v = problem.model.eps_and_v(x, _timesteps(tr.t, x), problem.label)
+    eps = eps.astype(x.dtype)
+    return eps, noise.x0_from_eps(x, eps, tr.abar_t, tr.omab_t), v
+
+
+def denoise_vjp(problem: Problem, x: Array, tr: Step) -> tuple[Array, Array, Array | None, Callable]:
+    """Like :func:`denoise`, plus the VJP of x ↦ x̂0(x) (one backward pass through the network)."""
+
+    def f(x_):
+        eps, v = problem.model.eps_and_v(x_, _timesteps(tr.t, x_), problem.label)
+        eps = eps.astype(x_.dtype)
+        return noise.x0_from_eps(x_, eps, tr.abar_t, tr.omab_t), (eps, v)
+
+    x0, vjp_fn, (eps, v) = jax.vjp(f, x, has_aux=True)
+    return eps, x0, v, lambda g: vjp_fn(g)[0]
+
+
+def ancestral_variance(tr: Step, v: Array | None) -> Array:
+    """Variance of the DDPM step t -> s: learned-range if the model gives v, else β̃."""
+    if v is None:
+        return noise.q_posterior_variance(tr.abar_t, tr.abar_s, tr.omab_t, tr.omab_s, tr.beta)
+    log_var = noise.learned_range_log_variance(v.astype(jnp.float32), jnp.log(tr.beta), tr.log_var_clipped)
+    return jnp.exp(log_var)
+
+
+def ancestral_step(x: Array, x0: Array, tr: Step, v: Array | None, key: Array) -> Array:
+    """DDPM ancestral step t -> s (Ho et al. 2020, eq. 6-7); no noise on the last step."""
+    mean = noise.q_posterior_mean(x0, x, tr.abar_t, tr.abar_s, tr.omab_t, tr.omab_s, tr.beta)
+    var = ancestral_variance(tr, v)
+    z = jax.random.normal(key, x.shape, x.dtype)
+    return mean + jnp.where(tr.is_last, 0.0, jnp.sqrt(var)) * z
+
+
+def noised_measurement(problem: Problem, tr: Step, key: Array) -> Array:
+    """y_s = sqrt(ᾱ_s) y + sqrt(1 - ᾱ_s) A z: the known part noised like the forward process."""
+    x_like = problem.op.AT(problem.y)
+    z = jax.random.normal(key, x_like.shape, x_like.dtype)
+    return jnp.sqrt(tr.abar_s) * problem.y + tr.sigma_s * problem.op.A(z)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@struct.dataclass
+class Trajectory:
+    """Saved states: ``x`` and ``x0hat`` of shape (n, B, ...) after every ``save_every``-th
+    transition, with the original timestep ``t`` reached (-1 = clean) and the walk position."""
+
+    x: Array
+    x0hat: Array
+    t: Array
+    position: Array
+
+
+@struct.dataclass
+class Solution:
+    """``x``: one restored sample per row of y. ``nfe`` / ``vjp``: network forward passes and
+    vector-Jacobian products per sample. ``trajectory``: saved states, or None."""
+
+    x: Array
+    nfe: int = struct.field(pytree_node=False)
+    vjp: int = struct.field(pytree_node=False, default=0)
+    trajectory: Trajectory | None = None
+
+
+_TRACES = {"count": 0}
+
+
+def trace_count() -> int:
+    """How many times the solve program has been traced (each trace means a compilation)."""
+    return _TRACES["count"]
+
+
+def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array,
+         save_every: int, progress: Callable | None) -> tuple[Array, Trajectory | None]:
+    _TRACES["count"] += 1
+    length = tr[0].shape[0]
+    key_init, key_steps = jax.random.split(key)
+    state = solver.init(problem, x_init, key_init)
+    keys = jax.random.split(key_steps, length)
+    xs = (tr, keys, jnp.arange(length, dtype=jnp.int32))
+
+    def body(carry, inp):
+        x, state, x0 = carry
+        (t, s, abar_t, abar_s, omab_t, omab_s, beta, lv, up), k, i = inp
+        st = Step(t=t, s=s, abar_t=abar_t, abar_s=abar_s, omab_t=omab_t, omab_s=omab_s, beta=beta,
+                  log_var_clipped=lv, up=up, index=i)
+
+        def go_down(_):
+            return solver.step(problem, st, x, state, k)
+
+        def go_up(_):
+            return noise.renoise(x, beta, jax.random.normal(k, x.shape, x.dtype)), state, x0
+
+        x, state, x0 = jax.lax.cond(up, go_up, go_down, None)
+        if progress is not None:
+            jax.debug.callback(progress, i)
+        return (x, state, x0), None
+
+    carry = (x_init, state, jnp.zeros_like(x_init))
+    if not save_every:
+        (x, _, _), _ = jax.lax.scan(body, carry, xs)
+        return x, None
+
+    n_chunks, rest = divmod(length, save_every)
+    chunked = jax.tree.map(lambda a: a[: n_chunks * save_every].reshape((n_chunks, save_every) + a.shape[1:]), xs)
+
+    def chunk(carry, inp):
+        carry, _ = jax.lax.scan(body, carry, inp)
+        return carry, (carry[0], carry[2], inp[0][1][-1], inp[2][-1])
+
+    carry, (txs, tx0, tt, tpos) = jax.lax.scan(chunk, carry, chunked)
+    if rest:
+        carry, _ = jax.lax.scan(body, carry, jax.tree.map(lambda a: a[n_chunks * save_every:], xs))
+    return carry[0], Trajectory(x=txs, x0hat=tx0, t=tt, position=tpos)
+
+
+_run_jit = jax.jit(_run, static_argnames=("save_every", "progress"))
+
+
+def _check_array(name: str, a: Any) -> Array:
+    try:
+        arr = jnp.asarray(a)
+    except TypeError as e:
+        raise TypeError(f"{name} must be an array, got {type(a).__name__}") from e
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.float32)
+    if not isinstance(arr, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(arr))):
+        raise ValueError(f"{name} contains NaN or infinite values; clean or mask them before solving")
+    return arr
+
+
+def solve(
+    solver: Solver,
+    model: Model,
+    op: LinearOperator,
+    y: Array,
+    *,
+    key: Array,
+    sigma_y: float | Array = 0.0,
+    label: Array | None = None,
+    x_init: Array | None = None,
+    start_step: int | None = None,
+    walk: np.ndarray | None = None,
+    save_every: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> Solution:
+    """Run ``solver`` on y = A x + σ_y n with ``model`` as the prior; one compiled program.
+
+    Args:
+      solver: e.g. ``DDNM()``; its ``steps``/``jump_*`` fields fix the walk.
+      model: anything with ``.schedule`` and ``.eps`` (see :class:`invdiff.model.Model`).
+      op: the degradation operator; y has shape (B, *op.y_shape(x_shape)).
+      key: a ``jax.random.key``; the same key gives the same result.
+      sigma_y: measurement noise standard deviation in model units ([-1, 1] images): 0.05
+        here is 0.025 on a [0, 1] scale. Scalar, >= 0.
+      label: class labels, shape (B,), for class-conditional models.
+      x_init, start_step: start from a saved state x_init at respaced index ``start_step``
+        instead of pure noise at the top (e.g. SDEdit: x_init = ``noised(x0, ...)``).
+      walk: explicit respaced indices to walk (overrides the solver's jump schedule).
+      save_every: keep x and x̂0 after every ``save_every``-th transition (0 keeps nothing).
+      progress: a host callback called with the transition index (see :func:`invdiff.progress`).
+
+    Returns a :class:`Solution` with ``x`` (B, *x_shape), ``nfe`` and ``vjp`` per sample.
+    """
+    if not isinstance(solver, Solver):
+        raise TypeError(f"solver must be an invdiff Solver instance (e.g. DDNM()), got {solver!r}")
+    if not isinstance(op, LinearOperator):
+        raise TypeError(f"op must be an invdiff LinearOperator, got {type(op).__name__}")
+    y = _check_array("y", y)
+    if y.ndim < 2:
+        raise ValueError(f"y must have a batch dimension: shape (B, ...), got shape {tuple(y.shape)}")
+    sig = np.asarray(sigma_y, dtype=np.float64) if not isinstance(sigma_y, jax.core.Tracer) else None
+    if sig is not None and (sig.ndim != 0 or not np.isfinite(sig) or sig < 0):
+        raise ValueError(f"sigma_y must be a finite scalar >= 0 (model units, [-1, 1] images); got {sigma_y!r}")
+    x_shape = tuple(op.x_shape(tuple(y.shape[1:])))
+    batch = int(y.shape[0])
+    op.check_batch(batch)
+    if label is not None:
+        label = jnp.asarray(label)
+    model.check_input((batch,) + x_shape, label)
+    problem = Problem(model=model, op=op, y=y, sigma_y=jnp.asarray(sigma_y, jnp.float32), label=label)
+    solver.check(problem)
+
+    w = solver.walk() if walk is None else np.asarray(walk, dtype=np.int64)
+    if start_step is not None:
+        if x_init is None:
+            raise ValueError("start_step needs x_init: the state at that respaced step")
+        hits = np.flatnonzero(w == start_step)
+        if hits.size == 0 or start_step < 0:
+            raise ValueError(f"start_step={start_step} is not on the walk (respaced indices "
+                             f"{int(w.max())} … -1)")
+        w = w[hits[0]:]
+    tr = transitions(model.schedule, solver.steps, w)
+    if x_init is None:
+        key, k0 = jax.random.split(key)
+        x_init = jax.random.normal(k0, (batch,) + x_shape, jnp.float32)
+    else:
+        x_init = _check_array("x_init", x_init)
+        if tuple(x_init.shape) != (batch,) + x_shape:
+            raise ValueError(f"x_init must have shape {(batch,) + x_shape}, got {tuple(x_init.shape)}")
+    if save_every < 0:
+        raise ValueError("save_every must be >= 0")
+    tr_arrays = tuple(jnp.asarray(a, jnp.float32) if np.issubdtype(np.asarray(a).dtype, np.floating)
+                      else jnp.asarray(a) for a in tr.arrays())
+    x, traj = _run_jit(solver, problem, tr_arrays, x_init, key, save_every=int(save_every), progress=progress)
+    return Solution(x=x, nfe=tr.num_down * solver.nfe_per_step, vjp=tr.num_down * solver.vjp_per_step,
+                    trajectory=traj)
+
+
+def noised(x0: Array, model: Model, steps: int, start_step: int, key: Array) -> Array:
+    """x0 noised by the forward process to respaced index ``start_step`` of a ``steps``-step
+    chain: the ``x_init`` of an SDEdit-style partial solve."""
+    use, _ = model.schedule.respace(str(steps))
+    abar = jnp.asarray(model.schedule.alphas_cumprod[use[start_step]], jnp.float32)
+    return noise.q_sample(jnp.asarray(x0), jax.random.normal(key, jnp.shape(x0)), abar)
