@@ -18,7 +18,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 
 Array = jax.Array
 
@@ -90,32 +89,39 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | Sequence[int
     return np.array(sorted(set(all_steps)), dtype=np.int64)
 
 
-@struct.dataclass
 class NoiseSchedule:
     """A discrete VP noise schedule: ``betas`` of shape (T,), float64 NumPy.
 
     Build one with :meth:`linear`, :meth:`cosine` or ``NoiseSchedule(betas=...)``. All derived
     quantities are float64 NumPy arrays; solvers gather float32 per-step coefficients from them
-    outside of any jit, so a schedule never causes recompilation by itself.
+    outside of any jit. A schedule is a *static* PyTree (no leaves) compared by value, so two
+    equal schedules share compiled programs.
     """
 
-    betas: np.ndarray = struct.field(pytree_node=False)
+    __slots__ = ("betas", "_hash")
 
-    def __post_init__(self) -> None:
-        betas = np.asarray(self.betas, dtype=np.float64)
+    def __init__(self, betas: np.ndarray):
+        betas = np.array(betas, dtype=np.float64)
         if betas.ndim != 1 or betas.size < 1:
             raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}")
         if not np.all(np.isfinite(betas)) or np.any(betas <= 0) or np.any(betas > 1):
             raise ValueError("betas must be finite and lie in (0, 1]")
+        betas.setflags(write=False)
         object.__setattr__(self, "betas", betas)
+        object.__setattr__(self, "_hash", hash(betas.tobytes()))
 
-    # flax.struct with a NumPy static field: make equality/hash value-based so that two
-    # identical schedules share compiled programs.
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("NoiseSchedule is immutable")
+
     def __hash__(self) -> int:
-        return hash(self.betas.tobytes())
+        return self._hash
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, NoiseSchedule) and np.array_equal(self.betas, other.betas)
+        return isinstance(other, NoiseSchedule) and (
+            self is other or (self._hash == other._hash and np.array_equal(self.betas, other.betas)))
+
+    def __repr__(self) -> str:
+        return f"NoiseSchedule(T={self.num_timesteps}, betas=[{self.betas[0]:.3g} … {self.betas[-1]:.3g}])"
 
     @classmethod
     def linear(cls, num_timesteps: int = 1000) -> NoiseSchedule:
@@ -232,14 +238,20 @@ def learned_range_log_variance(v: Array, log_beta: Array, log_var_clipped: Array
 
 
 def ddim_step(
-    x0: Array, eps: Array, abar_t: Array, abar_s: Array, eta: Array, noise: Array
+    x0: Array, eps: Array, abar_t: Array, abar_s: Array, eta: Array, noise: Array,
+    omab_t: Array | None = None, omab_s: Array | None = None, beta: Array | None = None,
 ) -> Array:
     """DDIM(η) (Song et al. 2021, eq. 12) from t to s given x̂0 and ε̂."""
-    sigma = eta * jnp.sqrt((1.0 - abar_s) / (1.0 - abar_t)) * jnp.sqrt(1.0 - abar_t / abar_s)
-    dir_coef = jnp.sqrt(jnp.maximum(1.0 - abar_s - sigma**2, 0.0))
+    omab_t, omab_s = _omab(abar_t, omab_t), _omab(abar_s, omab_s)
+    beta = 1.0 - abar_t / abar_s if beta is None else beta
+    sigma = eta * jnp.sqrt(omab_s / omab_t * beta)
+    dir_coef = jnp.sqrt(jnp.maximum(omab_s - sigma**2, 0.0))
     return jnp.sqrt(abar_s) * x0 + dir_coef * eps + sigma * noise
 
 
 def renoise(x_s: Array, beta: Array, noise: Array) -> Array:
     """An up-step s -> t (t > s) of the forward chain, β = 1 - ᾱ_t/ᾱ_s: sqrt(1 - β) x_s + sqrt(β) z."""
     return jnp.sqrt(1.0 - beta) * x_s + jnp.sqrt(beta) * noise
+
+
+jax.tree_util.register_static(NoiseSchedule)

@@ -234,6 +234,16 @@ def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array,
 _run_jit = jax.jit(_run, static_argnames=("save_every", "progress"))
 
 
+def _check_static_fields(solver: Solver) -> None:
+    import dataclasses
+
+    for f in dataclasses.fields(solver):
+        if f.name in ("steps", "jump_length", "jump_n_sample") and f.metadata.get("pytree_node", True):
+            raise TypeError(
+                f"{type(solver).__name__} re-declares {f.name!r} as a traced field; declare it static: "
+                f"{f.name}: int = struct.field(pytree_node=False, default=..., kw_only=True)")
+
+
 def _check_array(name: str, a: Any) -> Array:
     try:
         arr = jnp.asarray(a)
@@ -281,6 +291,7 @@ def solve(
     """
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be an invdiff Solver instance (e.g. DDNM()), got {solver!r}")
+    _check_static_fields(solver)
     if not isinstance(op, LinearOperator):
         raise TypeError(f"op must be an invdiff LinearOperator, got {type(op).__name__}")
     y = _check_array("y", y)

@@ -18,10 +18,11 @@ class DDIM(Solver):
     Ignores y: it samples the prior. Defaults: 50 steps, η = 0.
     """
 
-    steps: int = 50
+    steps: int = struct.field(pytree_node=False, default=50, kw_only=True)
     eta: jax.Array = struct.field(default_factory=lambda: jnp.asarray(0.0))
 
     def step(self, problem: Problem, tr: Step, x: jax.Array, state: Any, key: jax.Array):
         eps, x0, _ = denoise(problem, x, tr)
         z = jax.random.normal(key, x.shape, x.dtype)
-        return ddim_step(x0, eps, tr.abar_t, tr.abar_s, jnp.asarray(self.eta, x.dtype), z), state, x0
+        return ddim_step(x0, eps, tr.abar_t, tr.abar_s, jnp.asarray(self.eta, x.dtype), z,
+                      tr.omab_t, tr.omab_s, tr.beta), state, x0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+from flax import struct
 
 from invdiff.solve import Problem, Solver, Step, ancestral_step, denoise
 
@@ -15,7 +16,7 @@ class DDPM(Solver):
     Ignores y: it samples the prior. Default: 1000 steps (the training chain).
     """
 
-    steps: int = 1000
+    steps: int = struct.field(pytree_node=False, default=1000, kw_only=True)
 
     def step(self, problem: Problem, tr: Step, x: jax.Array, state: Any, key: jax.Array):
         _, x0, v = denoise(problem, x, tr)
