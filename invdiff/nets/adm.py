@@ -1,0 +1,367 @@
+"""The ADM configuration (guided-diffusion create_model flags) and the model wrapper.
+
+:class:`ADMConfig` holds exactly the flags of guided-diffusion's ``create_model`` /
+``model_and_diffusion_defaults`` (script_util.py) that shape the network, plus
+``in_channels``, ``num_classes`` (create_model hard-codes 1000) and the two diffusion flags
+that define the noise schedule. :class:`ADMModel` is an :class:`invdiff.model.Model`: a PyTree
+whose only leaves are the network parameters, so it crosses ``jax.jit`` without recompiling
+for new weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from invdiff.model import Model
+from invdiff.nets.unet import UNet, attention_ds, default_channel_mult, flax_module_to_torch
+from invdiff.noise import NoiseSchedule
+
+Array = jax.Array
+
+#: accepted for compatibility with guided-diffusion flag sets and ignored: mixed precision is
+#: chosen with ``dtype=`` and gradient checkpointing has no effect on inference.
+IGNORED_FLAGS = ("use_fp16", "use_checkpoint")
+
+# Diffusion flags of model_and_diffusion_defaults that invdiff does not take, with a hint.
+_REFUSED_FLAGS = {
+    "timestep_respacing": "respacing is a sampling option: pass steps=... to the solver",
+    "use_kl": "a training option; not used for sampling",
+    "predict_xstart": "only epsilon-predicting checkpoints are supported",
+    "rescale_timesteps": "only rescale_timesteps=False checkpoints are supported (the "
+                         "guided-diffusion default)",
+    "rescale_learned_sigmas": "a training option; not used for sampling",
+    "sigma_small": "fixed small variance is chosen by the solver, not the model",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ADMConfig:
+    """guided-diffusion ``create_model`` flags (frozen and hashable).
+
+    Defaults are ``model_and_diffusion_defaults()``'s, except ``num_classes`` (1000 as
+    create_model, overridable) and ``in_channels``. ``channel_mult`` is create_model's string
+    ("" picks the default for ``image_size``, "1,2,2") or a tuple; ``attention_resolutions``
+    is in pixels ("32,16,8"), converted to downsample factors ``image_size // res``.
+    ``use_fp16`` and ``use_checkpoint`` are accepted and ignored.
+    """
+
+    image_size: int = 64
+    num_channels: int = 128
+    num_res_blocks: int = 2
+    channel_mult: str | tuple[float, ...] = ""
+    learn_sigma: bool = False
+    class_cond: bool = False
+    num_classes: int = 1000
+    attention_resolutions: str = "16,8"
+    num_heads: int = 4
+    num_head_channels: int = -1
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = True
+    dropout: float = 0.0
+    resblock_updown: bool = False
+    use_new_attention_order: bool = False
+    in_channels: int = 3
+    diffusion_steps: int = 1000
+    noise_schedule: str = "linear"
+    use_fp16: bool = False
+    use_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        cm = self.channel_mult
+        if isinstance(cm, (int, float, np.integer, np.floating)) and not isinstance(cm, bool):
+            cm = str(cm)  # a single level given on a command line: channel_mult=1
+            object.__setattr__(self, "channel_mult", cm)
+        if isinstance(cm, (list, tuple)):
+            object.__setattr__(self, "channel_mult", tuple(cm))
+        elif not isinstance(cm, str):
+            raise TypeError(f"channel_mult must be a string like '1,2,2' or a tuple, got {cm!r}")
+        ar = self.attention_resolutions
+        if isinstance(ar, (int, np.integer)):
+            ar = str(int(ar))
+        elif isinstance(ar, (list, tuple)):
+            ar = ",".join(str(int(r)) for r in ar)
+        object.__setattr__(self, "attention_resolutions", ar)
+        for name in ("image_size", "num_channels", "num_res_blocks", "num_classes",
+                     "in_channels", "diffusion_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.noise_schedule not in ("linear", "cosine"):
+            raise ValueError(
+                f"noise_schedule must be 'linear' or 'cosine', got {self.noise_schedule!r}"
+            )
+        for r in self.attention_resolutions.split(","):
+            if r.strip() and (not r.strip().isdigit() or self.image_size % int(r)):
+                raise ValueError(
+                    f"attention_resolutions={self.attention_resolutions!r}: each entry must be a "
+                    f"resolution in pixels dividing image_size={self.image_size}, e.g. '32,16,8'"
+                )
+        mult = self.resolved_channel_mult
+        if self.image_size % (2 ** (len(mult) - 1)):
+            raise ValueError(
+                f"image_size={self.image_size} is not divisible by 2**{len(mult) - 1} "
+                f"(channel_mult {mult} down-samples {len(mult) - 1} times)"
+            )
+        for m in mult:
+            if int(m * self.num_channels) % 32:
+                raise ValueError(
+                    f"every level's channel count must be a multiple of 32 (GroupNorm has 32 "
+                    f"groups): num_channels={self.num_channels} × channel_mult {m} = "
+                    f"{m * self.num_channels}"
+                )
+
+    # -- construction from flags ---------------------------------------------------------
+    @classmethod
+    def valid_flags(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_flags(cls, **flags: Any) -> ADMConfig:
+        """Build from create_model flags; unknown flags raise TypeError naming them."""
+        valid = cls.valid_flags()
+        unknown = [k for k in flags if k not in valid]
+        if unknown:
+            hints = [f"{k}: {_REFUSED_FLAGS[k]}" for k in unknown if k in _REFUSED_FLAGS]
+            raise TypeError(
+                f"unknown ADM flag(s) {', '.join(map(repr, unknown))}. Valid flags: "
+                f"{', '.join(valid)}." + (" " + "; ".join(hints) if hints else "")
+            )
+        return cls(**flags)
+
+    def to_flags(self) -> dict[str, Any]:
+        """The flags as a JSON-friendly dict (``ADMConfig.from_flags(**c.to_flags()) == c``)."""
+        d = dataclasses.asdict(self)
+        if isinstance(d["channel_mult"], tuple):
+            d["channel_mult"] = list(d["channel_mult"])
+        return d
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def resolved_channel_mult(self) -> tuple[float, ...]:
+        cm = self.channel_mult
+        if isinstance(cm, str):
+            if cm.strip() == "":
+                return tuple(default_channel_mult(self.image_size))
+            # create_model int-parses; fractional multipliers ("0.5,1,1") are also accepted
+            return tuple(int(float(m)) if float(m).is_integer() else float(m)
+                         for m in cm.split(","))
+        return tuple(cm)
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * (2 if self.learn_sigma else 1)
+
+    @property
+    def label_count(self) -> int | None:
+        return self.num_classes if self.class_cond else None
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        """``UNetModel`` keyword arguments, as create_model computes them."""
+        return dict(
+            image_size=self.image_size, in_channels=self.in_channels,
+            model_channels=self.num_channels, out_channels=self.out_channels,
+            num_res_blocks=self.num_res_blocks,
+            attention_resolutions=attention_ds(self.image_size, self.attention_resolutions),
+            dropout=float(self.dropout), channel_mult=self.resolved_channel_mult,
+            num_classes=self.label_count, num_heads=self.num_heads,
+            num_head_channels=self.num_head_channels, num_heads_upsample=self.num_heads_upsample,
+            use_scale_shift_norm=self.use_scale_shift_norm, resblock_updown=self.resblock_updown,
+            use_new_attention_order=self.use_new_attention_order,
+        )
+
+    def unet(self, dtype: Any = jnp.float32, precision: Any = None) -> UNet:
+        """The Flax module for this configuration."""
+        return UNet(**self.unet_kwargs(), dtype=dtype, precision=precision)
+
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.named(self.noise_schedule, self.diffusion_steps)
+
+    def describe(self) -> str:
+        s = self.image_size
+        kind = f"class-conditional ({self.num_classes} classes)" if self.class_cond else "unconditional"
+        return f"{s}x{s}x{self.in_channels} {kind} ADM"
+
+
+def _top_level(module: Any, method_name: str) -> bool:
+    return method_name == "__call__" and len(module.scope.path) == 1
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "precision", "debug"))
+def _apply(params: Any, x: Array, t: Array, label: Array | None, *, config: ADMConfig,
+           dtype: Any, precision: Any = None, debug: bool = False) -> Any:
+    """The UNet forward. ``debug=True`` also returns the ``intermediates`` collection with
+    every attention block's weights and every top-level module's output."""
+    net = config.unet(dtype, precision)
+    variables = {"params": params}
+    if debug:
+        return net.apply(variables, x, t, label, mutable=["intermediates"],
+                         capture_intermediates=_top_level)
+    return net.apply(variables, x, t, label)
+
+
+def _dtype_key(dtype: Any) -> Any:
+    return np.dtype(dtype)
+
+
+class ADMModel(Model):
+    """A guided-diffusion UNet with weights, as an :class:`invdiff.model.Model`.
+
+    ``params`` is the Flax parameter tree (float32; the only PyTree leaves), ``config`` the
+    :class:`ADMConfig` and ``dtype`` the compute dtype (both static). Build with
+    :meth:`create`, :meth:`init_random` or :func:`invdiff.nets.load_model`.
+    """
+
+    params: Any = None
+    config: ADMConfig = struct.field(pytree_node=False, kw_only=True)
+    dtype: Any = struct.field(pytree_node=False, default=np.dtype("float32"), kw_only=True)
+    #: matmul/conv precision passed to Flax (None: the backend default, which on recent
+    #: NVIDIA GPUs is TF32 for float32; use "highest" for bit-faithful float32 there).
+    precision: str | None = struct.field(pytree_node=False, default=None, kw_only=True)
+
+    @classmethod
+    def create(cls, config: ADMConfig, params: Any, dtype: Any = jnp.float32,
+               precision: str | None = None) -> ADMModel:
+        """Wrap ``params`` (a Flax tree for ``config.unet()``); the schedule comes from the flags."""
+        return cls(schedule=config.schedule(), params=params, config=config,
+                   dtype=_dtype_key(dtype), precision=precision,
+                   learned_variance=bool(config.learn_sigma))
+
+    @classmethod
+    def init_random(cls, config: ADMConfig, key: Array, dtype: Any = jnp.float32) -> ADMModel:
+        """Randomly initialised weights (Flax initialisers; not the original's zero-init)."""
+        return cls.create(config, init_params(config, key), dtype)
+
+    # -- the Model contract ------------------------------------------------------------------
+    def raw(self, x: Array, t: Array, label: Array | None = None) -> Array:
+        """The network output, NHWC, all ``out_channels`` (ε first, then v for learn_sigma)."""
+        self.check_input(tuple(np.shape(x)), label)
+        t = jnp.broadcast_to(jnp.asarray(t), (np.shape(x)[0],))
+        if label is not None:
+            label = jnp.asarray(label)
+        return _apply(self.params, x, t, label, config=self.config, dtype=self.dtype,
+                      precision=self.precision)
+
+    def eps(self, x: Array, t: Array, label: Array | None = None) -> Array:
+        c = self.config.in_channels
+        return self.raw(x, t, label)[..., :c].astype(x.dtype)
+
+    def eps_and_v(self, x: Array, t: Array, label: Array | None = None) -> tuple[Array, Array | None]:
+        c = self.config.in_channels
+        out = self.raw(x, t, label).astype(x.dtype)
+        if self.config.learn_sigma:
+            return out[..., :c], out[..., c:2 * c]
+        return out, None
+
+    def check_input(self, x_shape: tuple[int, ...], label: Any = None) -> None:
+        """Clear ValueErrors for a wrong image shape or wrong labels (before compiling)."""
+        cfg = self.config
+        s, c = cfg.image_size, cfg.in_channels
+        x_shape = tuple(x_shape)
+        if len(x_shape) != 4 or x_shape[1:] != (s, s, c):
+            raise ValueError(
+                f"this model takes {s}x{s}x{c} images: x must have shape (B, {s}, {s}, {c}) "
+                f"(NHWC), got shape {x_shape}"
+            )
+        if not cfg.class_cond:
+            if label is not None:
+                raise ValueError(
+                    f"this {cfg.describe()} is not class-conditional: call without label=..."
+                )
+            return
+        if label is None:
+            raise ValueError(
+                f"this {cfg.describe()} needs class labels: pass label=... with integer class "
+                f"ids of shape ({x_shape[0]},), each in [0, {cfg.num_classes})"
+            )
+        lshape = tuple(np.shape(label))
+        if lshape != (x_shape[0],):
+            raise ValueError(
+                f"label must have shape (B,) = ({x_shape[0]},), one class id per image, got "
+                f"shape {lshape}"
+            )
+        ldtype = label.dtype if hasattr(label, "dtype") else np.asarray(label).dtype
+        if not jnp.issubdtype(ldtype, jnp.integer):
+            raise ValueError(f"label must hold integer class ids, got dtype {ldtype}")
+        if not isinstance(label, jax.core.Tracer):
+            lv = np.asarray(label)
+            if lv.size and (lv.min() < 0 or lv.max() >= cfg.num_classes):
+                raise ValueError(
+                    f"labels must lie in [0, {cfg.num_classes}) for this model, got values from "
+                    f"{lv.min()} to {lv.max()}"
+                )
+
+
+def init_params(config: ADMConfig, key: Array) -> Any:
+    """Flax-initialised float32 parameters for ``config`` (batch-1 dummy input)."""
+    s, c = config.image_size, config.in_channels
+    x = jnp.zeros((1, s, s, c), jnp.float32)
+    t = jnp.zeros((1,), jnp.int32)
+    y = jnp.zeros((1,), jnp.int32) if config.class_cond else None
+    return jax.jit(lambda k: config.unet().init(k, x, t, y)["params"])(key)
+
+
+@functools.lru_cache(maxsize=32)
+def abstract_params(config: ADMConfig) -> Any:
+    """The parameter tree's shapes and dtypes (``jax.ShapeDtypeStruct`` leaves), no compute."""
+    return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def _debug_run(model: ADMModel, x: Array, t: Array, label: Array | None) -> tuple[Array, Any]:
+    model.check_input(tuple(np.shape(x)), label)
+    t = jnp.broadcast_to(jnp.asarray(t), (np.shape(x)[0],))
+    out, state = _apply(model.params, x, t, None if label is None else jnp.asarray(label),
+                        config=model.config, dtype=model.dtype, precision=model.precision,
+                        debug=True)
+    return out, state.get("intermediates", {})
+
+
+def attention_maps(model: ADMModel, x: Array, t: Array, label: Array | None = None
+                   ) -> dict[str, Array]:
+    """Every attention block's softmax weights, (B, heads, H·W, H·W), float32.
+
+    Keys are the guided-diffusion module paths (``"input_blocks.3.1"``, ``"middle_block.1"``,
+    ...). Row i holds where query position i (row-major over H×W) attends; rows sum to one.
+    Runs the forward with the ``intermediates`` collection mutable, which is where
+    :class:`~invdiff.nets.unet.AttentionBlock` sows its weights (the normal forward does not).
+    """
+    _, inter = _debug_run(model, x, t, label)
+    return {flax_module_to_torch((k,)): v["attention"][0]
+            for k, v in inter.items() if isinstance(v, Mapping) and "attention" in v}
+
+
+def block_outputs(model: ADMModel, x: Array, t: Array, label: Array | None = None
+                  ) -> dict[str, Array]:
+    """Per-block probes for debugging a port: the output of every guided-diffusion top-level
+    block (``"input_blocks.3"``, ``"middle_block"``, ``"output_blocks.0"``, NHWC), the time
+    embedding (``"time_embed"``, before the label is added), the label embedding
+    (``"label_emb"``) and the network output (``"out"``)."""
+    out, inter = _debug_run(model, x, t, label)
+    res: dict[str, Array] = {"out": out}
+    last: dict[str, tuple[int, Array]] = {}
+    for name, v in inter.items():
+        if not isinstance(v, Mapping) or "__call__" not in v:
+            continue
+        value = v["__call__"][0]
+        parts = name.split("_")
+        if name.startswith(("input_blocks_", "output_blocks_")):
+            block, sub = ".".join(["_".join(parts[:2]), parts[2]]), int(parts[3])
+        elif name.startswith("middle_block_"):
+            block, sub = "middle_block", int(parts[2])
+        elif name == "time_embed_2":
+            block, sub = "time_embed", 0
+        elif name == "label_emb":
+            block, sub = "label_emb", 0
+        else:
+            continue
+        if block not in last or sub > last[block][0]:
+            last[block] = (sub, value)
+    res.update({k: v for k, (_, v) in last.items()})
+    return res

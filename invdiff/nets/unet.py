@@ -1,0 +1,386 @@
+"""guided-diffusion's ADM UNet (``UNetModel``) in Flax linen, NHWC.
+
+A line-by-line port of ``guided_diffusion/unet.py`` (openai/guided-diffusion, commit 22e0df8,
+Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image Synthesis"), restricted to 2-D
+images. Numerics follow the original:
+
+* timestep features: ``[cos(t·f_i), sin(t·f_i)]`` with f_i = exp(-ln(10000)·i/half), built in
+  float32 (``timestep_embedding``);
+* every norm is a 32-group GroupNorm with eps 1e-5 computed in float32 (``GroupNorm32``);
+* attention softmax in float32; q and k each scaled by ch^(-1/4) (``QKVAttention*``);
+* the stride-2 down-sampling conv pads one pixel on every side (not XLA's "SAME");
+* in the decoder, the current activation is concatenated *before* the stored skip.
+
+Parameter names mirror the PyTorch ``state_dict`` so that checkpoints map mechanically:
+the top-level module ``input_blocks_3_1`` holds ``input_blocks.3.1.*``, and inside a
+ResBlock ``in_layers_2`` is ``in_layers.2`` (see :func:`flax_to_torch_key`).
+
+``dtype`` is the compute dtype (e.g. bfloat16); parameters are always float32. As in the
+original's fp16 mode, the time embedding and the final ``out`` layers run in float32, and
+norms and softmaxes are always float32.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+_PAD1 = ((1, 1), (1, 1))
+
+
+def timestep_embedding(t: Array, dim: int, max_period: int = 10000) -> Array:
+    """Sinusoidal timestep features (guided-diffusion ``nn.timestep_embedding``), float32.
+
+    The first half holds cosines, the second half sines; an odd ``dim`` gets a zero column.
+    """
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+    return emb
+
+
+class GroupNorm32(nn.Module):
+    """guided-diffusion's ``GroupNorm32``: 32 groups, eps 1e-5, computed in float32.
+
+    Parameters ``scale`` / ``bias`` are torch's ``weight`` / ``bias``. Returns the input dtype.
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        if c % self.num_groups:
+            raise ValueError(f"GroupNorm32 needs channels divisible by {self.num_groups}, got {c}")
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        h = x.astype(jnp.float32)
+        g = h.reshape(*h.shape[:-1], self.num_groups, c // self.num_groups)
+        axes = tuple(range(1, g.ndim - 2)) + (g.ndim - 1,)
+        mean = jnp.mean(g, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(g - mean), axis=axes, keepdims=True)
+        g = (g - mean) * jax.lax.rsqrt(var + self.epsilon)
+        h = g.reshape(h.shape) * scale + bias
+        return h.astype(x.dtype)
+
+
+def _conv(features: int, kernel: int, name: str, dtype: Dtype, precision: Any,
+          strides: int = 1) -> nn.Conv:
+    pad = ((kernel // 2, kernel // 2),) * 2
+    return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=pad,
+                   dtype=dtype, param_dtype=jnp.float32, precision=precision, name=name)
+
+
+def _avg_pool2(x: Array) -> Array:
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4)).astype(x.dtype)
+
+
+def _nearest_up2(x: Array) -> Array:
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class Upsample(nn.Module):
+    """``Upsample``: nearest ×2, then (``use_conv``) a 3×3 conv named ``conv``."""
+
+    channels: int
+    use_conv: bool
+    out_channels: int | None = None
+    dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = _nearest_up2(x)
+        if self.use_conv:
+            x = _conv(self.out_channels or self.channels, 3, "conv", self.dtype, self.precision)(x)
+        return x
+
+
+class Downsample(nn.Module):
+    """``Downsample``: a 3×3 stride-2 conv ``op`` padded by 1 on every side, or 2×2 average pool."""
+
+    channels: int
+    use_conv: bool
+    out_channels: int | None = None
+    dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if self.use_conv:
+            return _conv(self.out_channels or self.channels, 3, "op", self.dtype, self.precision,
+                         strides=2)(x)
+        return _avg_pool2(x)
+
+
+class ResBlock(nn.Module):
+    """guided-diffusion's ``ResBlock`` (optionally up/down-sampling, scale-shift norm).
+
+    Sub-module names follow the torch Sequential indices: ``in_layers_0`` (norm),
+    ``in_layers_2`` (conv), ``emb_layers_1`` (Linear), ``out_layers_0`` (norm),
+    ``out_layers_3`` (conv) and ``skip_connection`` (1×1 conv when channels change).
+    """
+
+    channels: int
+    out_channels: int
+    dropout: float = 0.0
+    use_scale_shift_norm: bool = False
+    up: bool = False
+    down: bool = False
+    dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, emb: Array, train: bool = False) -> Array:
+        oc = self.out_channels
+        h = nn.silu(GroupNorm32(name="in_layers_0")(x))
+        if self.up or self.down:
+            resample = _nearest_up2 if self.up else _avg_pool2
+            h = resample(h)
+            x = resample(x)
+        h = _conv(oc, 3, "in_layers_2", self.dtype, self.precision)(h)
+
+        # Linear layers stay float32 in the original's fp16 mode; cast the result.
+        emb_out = nn.Dense(2 * oc if self.use_scale_shift_norm else oc, dtype=jnp.float32,
+                           param_dtype=jnp.float32, precision=self.precision,
+                           name="emb_layers_1")(nn.silu(emb))
+        emb_out = emb_out.astype(self.dtype)[:, None, None, :]
+        if self.use_scale_shift_norm:
+            scale, shift = jnp.split(emb_out, 2, axis=-1)
+            h = GroupNorm32(name="out_layers_0")(h) * (1 + scale) + shift
+        else:
+            h = GroupNorm32(name="out_layers_0")(h + emb_out)
+        h = nn.silu(h)
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = _conv(oc, 3, "out_layers_3", self.dtype, self.precision)(h)
+
+        if oc != x.shape[-1]:
+            x = _conv(oc, 1, "skip_connection", self.dtype, self.precision)(x)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """``AttentionBlock``: self-attention over all H·W positions, added back residually.
+
+    ``qkv`` and ``proj_out`` are torch kernel-1 Conv1d layers, here Dense layers. Legacy order
+    (``QKVAttentionLegacy``): the 3C qkv channels are split into heads first, and each head's
+    block holds q, k, v in consecutive thirds. New order (``QKVAttention``): q, k, v are the
+    thirds of all 3C channels, each split into heads. The attention weights (B, heads, HW, HW)
+    are sown into the ``intermediates`` collection as ``attention`` (a no-op unless that
+    collection is mutable).
+    """
+
+    channels: int
+    num_heads: int = 1
+    num_head_channels: int = -1
+    use_new_attention_order: bool = False
+    dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    @property
+    def heads(self) -> int:
+        if self.num_head_channels == -1:
+            return self.num_heads
+        if self.channels % self.num_head_channels:
+            raise ValueError(
+                f"q,k,v channels {self.channels} is not divisible by "
+                f"num_head_channels {self.num_head_channels}"
+            )
+        return self.channels // self.num_head_channels
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, hh, ww, c = x.shape
+        heads = self.heads
+        ch = c // heads
+        h = GroupNorm32(name="norm")(x).reshape(b, hh * ww, c)
+        qkv = nn.Dense(3 * c, dtype=self.dtype, param_dtype=jnp.float32,
+                       precision=self.precision, name="qkv")(h)
+        if self.use_new_attention_order:
+            qkv = qkv.reshape(b, hh * ww, 3, heads, ch)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        else:
+            qkv = qkv.reshape(b, hh * ww, heads, 3, ch)
+            q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+        scale = 1.0 / math.sqrt(math.sqrt(ch))
+        logits = jnp.einsum("bthc,bshc->bhts", q * scale, k * scale, precision=self.precision)
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        self.sow("intermediates", "attention", weights)
+        a = jnp.einsum("bhts,bshc->bthc", weights.astype(self.dtype), v, precision=self.precision)
+        a = a.reshape(b, hh * ww, c)
+        out = nn.Dense(c, dtype=self.dtype, param_dtype=jnp.float32, precision=self.precision,
+                       name="proj_out")(a)
+        return x + out.reshape(b, hh, ww, c).astype(x.dtype)
+
+
+def attention_ds(image_size: int, attention_resolutions: str | Sequence[int]) -> tuple[int, ...]:
+    """create_model's conversion of attention resolutions in pixels ("32,16,8") to
+    downsample factors (image_size // res)."""
+    if isinstance(attention_resolutions, str):
+        res = [int(r) for r in attention_resolutions.split(",") if r.strip()]
+    else:
+        res = [int(r) for r in attention_resolutions]
+    return tuple(image_size // r for r in res)
+
+
+def default_channel_mult(image_size: int) -> tuple[float, ...]:
+    """create_model's default ``channel_mult`` for ``channel_mult=""`` (32 is our addition)."""
+    table = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4),
+             64: (1, 2, 3, 4), 32: (1, 2, 2, 2)}
+    if image_size not in table:
+        raise ValueError(
+            f"no default channel_mult for image_size={image_size} (guided-diffusion knows "
+            f"{sorted(table)}): pass channel_mult explicitly, e.g. channel_mult='1,2,2'"
+        )
+    return table[image_size]
+
+
+class UNet(nn.Module):
+    """guided-diffusion's ``UNetModel`` (2-D), NHWC in and out.
+
+    Arguments are ``UNetModel``'s: ``attention_resolutions`` here are *downsample factors*
+    (use :func:`attention_ds` to convert create_model's pixel strings). ``num_classes=None``
+    gives an unconditional model. ``dtype`` is the compute dtype; parameters are float32.
+    """
+
+    image_size: int
+    in_channels: int
+    model_channels: int
+    out_channels: int
+    num_res_blocks: int
+    attention_resolutions: tuple[int, ...]
+    dropout: float = 0.0
+    channel_mult: tuple[float, ...] = (1, 2, 4, 8)
+    conv_resample: bool = True
+    num_classes: int | None = None
+    num_heads: int = 1
+    num_head_channels: int = -1
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = False
+    resblock_updown: bool = False
+    use_new_attention_order: bool = False
+    dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, t: Array, y: Array | None = None, *, train: bool = False) -> Array:
+        if (y is not None) != (self.num_classes is not None):
+            raise ValueError("must specify y if and only if the model is class-conditional")
+        mc = self.model_channels
+        dt, prec = self.dtype, self.precision
+        heads_up = self.num_heads if self.num_heads_upsample == -1 else self.num_heads_upsample
+        ted = 4 * mc
+
+        emb = timestep_embedding(t, mc)
+        emb = nn.Dense(ted, param_dtype=jnp.float32, precision=prec, name="time_embed_0")(emb)
+        emb = nn.Dense(ted, param_dtype=jnp.float32, precision=prec,
+                       name="time_embed_2")(nn.silu(emb))
+        if self.num_classes is not None:
+            emb = emb + nn.Embed(self.num_classes, ted, param_dtype=jnp.float32,
+                                 name="label_emb")(y)
+
+        def res(ch: int, oc: int, name: str, up: bool = False, down: bool = False) -> ResBlock:
+            return ResBlock(ch, oc, self.dropout, self.use_scale_shift_norm, up=up, down=down,
+                            dtype=dt, precision=prec, name=name)
+
+        def attn(ch: int, heads: int, name: str) -> AttentionBlock:
+            return AttentionBlock(ch, heads, self.num_head_channels,
+                                  self.use_new_attention_order, dtype=dt, precision=prec, name=name)
+
+        h = x.astype(dt)
+        ch = int(self.channel_mult[0] * mc)
+        h = _conv(ch, 3, "input_blocks_0_0", dt, prec)(h)
+        hs = [h]
+        chans = [ch]
+        ds = 1
+        idx = 1
+        for level, mult in enumerate(self.channel_mult):
+            for _ in range(self.num_res_blocks):
+                oc = int(mult * mc)
+                h = res(ch, oc, f"input_blocks_{idx}_0")(h, emb, train)
+                ch = oc
+                if ds in self.attention_resolutions:
+                    h = attn(ch, self.num_heads, f"input_blocks_{idx}_1")(h)
+                hs.append(h)
+                chans.append(ch)
+                idx += 1
+            if level != len(self.channel_mult) - 1:
+                name = f"input_blocks_{idx}_0"
+                if self.resblock_updown:
+                    h = res(ch, ch, name, down=True)(h, emb, train)
+                else:
+                    h = Downsample(ch, self.conv_resample, ch, dt, prec, name=name)(h)
+                hs.append(h)
+                chans.append(ch)
+                ds *= 2
+                idx += 1
+
+        h = res(ch, ch, "middle_block_0")(h, emb, train)
+        h = attn(ch, self.num_heads, "middle_block_1")(h)
+        h = res(ch, ch, "middle_block_2")(h, emb, train)
+
+        idx = 0
+        for level, mult in list(enumerate(self.channel_mult))[::-1]:
+            for i in range(self.num_res_blocks + 1):
+                skip_ch = chans.pop()
+                h = jnp.concatenate([h, hs.pop()], axis=-1)
+                oc = int(mc * mult)
+                h = res(ch + skip_ch, oc, f"output_blocks_{idx}_0")(h, emb, train)
+                ch = oc
+                sub = 1
+                if ds in self.attention_resolutions:
+                    h = attn(ch, heads_up, f"output_blocks_{idx}_1")(h)
+                    sub = 2
+                if level and i == self.num_res_blocks:
+                    name = f"output_blocks_{idx}_{sub}"
+                    if self.resblock_updown:
+                        h = res(ch, ch, name, up=True)(h, emb, train)
+                    else:
+                        h = Upsample(ch, self.conv_resample, ch, dt, prec, name=name)(h)
+                    ds //= 2
+                idx += 1
+
+        # The original casts back to the input dtype before ``out`` (float32 in fp16 mode).
+        h = h.astype(jnp.float32)
+        h = nn.silu(GroupNorm32(name="out_0")(h))
+        return _conv(self.out_channels, 3, "out_2", jnp.float32, prec)(h)
+
+
+# ----------------------------------------------------------------------------------------
+# Names: Flax parameter paths <-> PyTorch state_dict keys.
+
+_TOP = re.compile(r"^(input_blocks|output_blocks|middle_block|time_embed|out|label_emb)((?:_\d+)*)$")
+_SUB = re.compile(r"^(in_layers|emb_layers|out_layers)((?:_\d+)+)$")
+_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
+
+
+def flax_module_to_torch(path: Sequence[str]) -> str:
+    """``("input_blocks_3_1", "qkv")`` -> ``"input_blocks.3.1.qkv"``."""
+    parts = []
+    for i, p in enumerate(path):
+        m = (_TOP if i == 0 else _SUB).match(p)
+        if m:
+            parts.append(m.group(1) + m.group(2).replace("_", "."))
+        else:
+            parts.append(p)
+    return ".".join(parts)
+
+
+def flax_to_torch_key(path: Sequence[str]) -> str:
+    """A Flax parameter path (module names..., leaf) -> the guided-diffusion state_dict key."""
+    *mods, leaf = path
+    return f"{flax_module_to_torch(mods)}.{_LEAF.get(leaf, leaf)}"
