@@ -32,6 +32,10 @@ class Model(struct.PyTreeNode):
     #: True when :meth:`eps_and_v` returns a learned variance interpolation v.
     learned_variance: bool = struct.field(pytree_node=False, default=False, kw_only=True)
 
+    #: The range of clean data, e.g. (-1.0, 1.0) for image networks: solvers clip x̂0 to it
+    #: (guided-diffusion's clip_denoised). None: unbounded (analytic priors).
+    data_range: tuple[float, float] | None = struct.field(pytree_node=False, default=None, kw_only=True)
+
     def eps(self, x: Array, t: Array, label: Array | None = None) -> Array:
         """The noise prediction ε̂(x_t, t), same shape as ``x``."""
         raise NotImplementedError
@@ -56,6 +60,7 @@ class FunctionModel(Model):
     """Wrap ``eps_fn(x, t) -> eps`` (or ``eps_fn(x, t, label)``) as a model.
 
     ``var_fn(x, t)``, if given, returns the learned-range variance interpolation v ∈ [-1, 1].
+    ``data_range=(-1.0, 1.0)`` makes solvers clip x̂0 to it, as for image networks.
     The functions are static parts of the PyTree: pass the same function objects to reuse
     compiled programs.
     """
@@ -66,12 +71,13 @@ class FunctionModel(Model):
 
     def __init__(self, eps_fn: Callable[..., Array], schedule: NoiseSchedule, *,
                  var_fn: Callable[..., Array] | None = None, class_conditional: bool = False,
-                 learned_variance: bool | None = None):
+                 learned_variance: bool | None = None, data_range: tuple[float, float] | None = None):
         object.__setattr__(self, "eps_fn", eps_fn)
         object.__setattr__(self, "schedule", schedule)
         object.__setattr__(self, "var_fn", var_fn)
         object.__setattr__(self, "class_conditional", class_conditional)
         object.__setattr__(self, "learned_variance", var_fn is not None)
+        object.__setattr__(self, "data_range", data_range)
 
     def eps(self, x: Array, t: Array, label: Array | None = None) -> Array:
         if self.class_conditional:

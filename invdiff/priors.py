@@ -199,7 +199,7 @@ class Gaussian(Model):
 
     def __init__(self, mean: Any, cov: Any = None, var: Any = None, schedule: NoiseSchedule | None = None,
                  *, evals: Any = None, evecs: Any = None, var_fn: Callable[..., Array] | None = None,
-                 learned_variance: bool | None = None):
+                 learned_variance: bool | None = None, data_range: tuple[float, float] | None = None):
         schedule = _canonical(schedule)
         if cov is not None:
             if var is not None or evals is not None:
@@ -228,6 +228,7 @@ class Gaussian(Model):
         object.__setattr__(self, "evecs", _leaf(evecs))
         object.__setattr__(self, "var_fn", var_fn)
         object.__setattr__(self, "learned_variance", var_fn is not None)
+        object.__setattr__(self, "data_range", data_range)
 
     # ---- shapes ----------------------------------------------------------------------
     @property
@@ -325,7 +326,7 @@ class GaussianMixture(Model):
 
     def __init__(self, weights: Any, means: Any, covs: Any = None, schedule: NoiseSchedule | None = None,
                  *, var: Any = None, evals: Any = None, evecs: Any = None,
-                 learned_variance: bool | None = None):
+                 learned_variance: bool | None = None, data_range: tuple[float, float] | None = None):
         schedule = _canonical(schedule)
         if covs is not None or (var is None and evals is None):
             mu = _concrete("means", means)
@@ -352,6 +353,7 @@ class GaussianMixture(Model):
         object.__setattr__(self, "evals", _leaf(evals))
         object.__setattr__(self, "evecs", _leaf(evecs))
         object.__setattr__(self, "learned_variance", False)
+        object.__setattr__(self, "data_range", data_range)
 
     @property
     def num_components(self) -> int:

@@ -33,6 +33,7 @@ class Problem:
     """What a solver step sees: the prior, the operator and the measurement.
 
     ``sigma_y`` is the measurement noise standard deviation in model units ([-1, 1] images).
+    ``x0_range``: x̂0 is clipped to this (low, high) range in every step (None: no clipping).
     """
 
     model: Model
@@ -40,6 +41,7 @@ class Problem:
     y: Array
     sigma_y: Array
     label: Array | None = None
+    x0_range: tuple[float, float] | None = struct.field(pytree_node=False, default=None)
 
 
 @struct.dataclass
@@ -112,15 +114,30 @@ def _timesteps(t: Array, x: Array) -> Array:
     return jnp.full((x.shape[0],), t, dtype=jnp.int32)
 
 
+def _clip(problem: Problem, x: Array, x0: Array, eps: Array, tr: Step) -> tuple[Array, Array]:
+    """Clip x̂0 to the data range and recompute ε̂ from it (guided-diffusion's clip_denoised)."""
+    if problem.x0_range is None:
+        return x0, eps
+    lo, hi = problem.x0_range
+    x0 = jnp.clip(x0, lo, hi)
+    return x0, noise.eps_from_x0(x, x0, tr.abar_t, tr.omab_t)
+
+
 def denoise(problem: Problem, x: Array, tr: Step) -> tuple[Array, Array, Array | None]:
-    """Network call at t: returns (ε̂, x̂0, v) where v is the learned variance or None."""
+    """Network call at t: returns (ε̂, x̂0, v) where v is the learned variance or None.
+
+    x̂0 is clipped to ``problem.x0_range`` (and ε̂ made consistent with it) when set."""
     eps, v = problem.model.eps_and_v(x, _timesteps(tr.t, x), problem.label)
     eps = eps.astype(x.dtype)
-    return eps, noise.x0_from_eps(x, eps, tr.abar_t, tr.omab_t), v
+    x0, eps = _clip(problem, x, noise.x0_from_eps(x, eps, tr.abar_t, tr.omab_t), eps, tr)
+    return eps, x0, v
 
 
 def denoise_vjp(problem: Problem, x: Array, tr: Step) -> tuple[Array, Array, Array | None, Callable]:
-    """Like :func:`denoise`, plus the VJP of x ↦ x̂0(x) (one backward pass through the network)."""
+    """Like :func:`denoise`, plus the VJP of x ↦ x̂0(x) (one backward pass through the network).
+
+    The VJP is that of the unclipped x̂0 (clipping would zero the gradient where it acts); the
+    returned x̂0 and ε̂ are clipped like :func:`denoise`'s."""
 
     def f(x_):
         eps, v = problem.model.eps_and_v(x_, _timesteps(tr.t, x_), problem.label)
@@ -128,6 +145,7 @@ def denoise_vjp(problem: Problem, x: Array, tr: Step) -> tuple[Array, Array, Arr
         return noise.x0_from_eps(x_, eps, tr.abar_t, tr.omab_t), (eps, v)
 
     x0, vjp_fn, (eps, v) = jax.vjp(f, x, has_aux=True)
+    x0, eps = _clip(problem, x, x0, eps, tr)
     return eps, x0, v, lambda g: vjp_fn(g)[0]
 
 
@@ -270,6 +288,7 @@ def solve(
     walk: np.ndarray | None = None,
     save_every: int = 0,
     progress: Callable[[int], None] | None = None,
+    clip_x0: bool | tuple[float, float] | None = None,
 ) -> Solution:
     """Run ``solver`` on y = A x + σ_y n with ``model`` as the prior; one compiled program.
 
@@ -285,7 +304,10 @@ def solve(
         instead of pure noise at the top (e.g. SDEdit: x_init = ``noised(x0, ...)``).
       walk: explicit respaced indices to walk (overrides the solver's jump schedule).
       save_every: keep x and x̂0 after every ``save_every``-th transition (0 keeps nothing).
-      progress: a host callback called with the transition index (see :func:`invdiff.progress`).
+      progress: a host callback called with the transition index.
+      clip_x0: clip x̂0 in every step to a (low, high) range, as the reference implementations
+        do for images; None (default) uses the model's ``data_range`` ((-1, 1) for image
+        networks, none for analytic priors), False turns clipping off.
 
     Returns a :class:`Solution` with ``x`` (B, *x_shape), ``nfe`` and ``vjp`` per sample.
     """
@@ -306,7 +328,14 @@ def solve(
     if label is not None:
         label = jnp.asarray(label)
     model.check_input((batch,) + x_shape, label)
-    problem = Problem(model=model, op=op, y=y, sigma_y=jnp.asarray(sigma_y, jnp.float32), label=label)
+    if clip_x0 is None:
+        x0_range = getattr(model, "data_range", None)
+    elif clip_x0 is False:
+        x0_range = None
+    else:
+        x0_range = (float(clip_x0[0]), float(clip_x0[1]))
+    problem = Problem(model=model, op=op, y=y, sigma_y=jnp.asarray(sigma_y, jnp.float32), label=label,
+                      x0_range=x0_range)
     solver.check(problem)
 
     w = solver.walk() if walk is None else np.asarray(walk, dtype=np.int64)

@@ -489,3 +489,18 @@ def test_attention_maps():
     assert maps["middle_block.1"].shape == (2, 4, 64, 64)
     for v in maps.values():
         np.testing.assert_allclose(np.asarray(v).sum(-1), 1.0, atol=1e-5)
+
+
+def test_image_networks_declare_their_data_range():
+    from invdiff.nets.adm import ADMConfig, ADMModel
+
+    cfg = ADMConfig.from_flags(image_size=8, num_channels=32, channel_mult="1,2", num_res_blocks=1,
+                               attention_resolutions="4")
+    model = ADMModel.create(cfg, abstract_params_like(cfg))
+    assert model.data_range == (-1.0, 1.0), "solvers clip x̂0 of image networks to [-1, 1]"
+
+
+def abstract_params_like(cfg):
+    from invdiff.nets.adm import abstract_params
+
+    return abstract_params(cfg)

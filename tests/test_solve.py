@@ -191,3 +191,14 @@ def test_wrong_argument_types():
         invdiff.solve(DDIM, MODEL, FIRST, jnp.zeros((1, 1)), key=jax.random.key(0))
     with pytest.raises(TypeError, match="LinearOperator"):
         invdiff.solve(DDIM(), MODEL, lambda x: x, jnp.zeros((1, 1)), key=jax.random.key(0))
+
+
+def test_x0_is_clipped_to_the_models_data_range():
+    wild = invdiff.FunctionModel(lambda x, t: jnp.zeros_like(x), schedule=SCHED, data_range=(-1.0, 1.0))
+    y = jnp.zeros((4, 1))
+    clipped = invdiff.solve(DDIM(steps=5), wild, FIRST, y, key=jax.random.key(0)).x
+    assert float(jnp.max(jnp.abs(clipped))) <= 1.0 + 1e-6  # DDIM's last step returns x̂0
+    free = invdiff.solve(DDIM(steps=5), wild, FIRST, y, key=jax.random.key(0), clip_x0=False).x
+    assert float(jnp.max(jnp.abs(free))) > 10.0  # ε̂ = 0 blows x̂0 up by 1/sqrt(ᾱ_T)
+    narrow = invdiff.solve(DDIM(steps=5), wild, FIRST, y, key=jax.random.key(0), clip_x0=(-0.5, 0.5)).x
+    assert float(jnp.max(jnp.abs(narrow))) <= 0.5 + 1e-6

@@ -232,7 +232,7 @@ class ADMModel(Model):
         """Wrap ``params`` (a Flax tree for ``config.unet()``); the schedule comes from the flags."""
         return cls(schedule=config.schedule(), params=params, config=config,
                    dtype=_dtype_key(dtype), precision=precision,
-                   learned_variance=bool(config.learn_sigma))
+                   learned_variance=bool(config.learn_sigma), data_range=(-1.0, 1.0))
 
     @classmethod
     def init_random(cls, config: ADMConfig, key: Array, dtype: Any = jnp.float32) -> ADMModel:
