@@ -47,7 +47,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from invdiff.demo import run_demo
 
-    run_demo(out=args.out, full=args.full, images=args.images, seed=args.seed)
+    run_demo(out=args.out, full=args.full, images=args.images, seed=args.seed, label=args.label)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--full", action="store_true", help="the papers' full step counts (slow on CPU)")
     d.add_argument("--images", type=int, default=2, help="validation images per operator (default 2)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--label", type=int, default=None,
+                   help="condition every image on this class id (default: each image's true class)")
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser("train", help="train an ADM UNet (resumes from WORKDIR's last checkpoint)")

@@ -80,8 +80,12 @@ def column_names(task: Task, n: int) -> list[str]:
 
 
 def run_demo(out: str | Path = "invdiff-demo", full: bool = False, images: int = 2, seed: int = 0,
-             model: Any = None, solvers: list[str] | None = None, progress: bool = True) -> Path:
-    """Run the demo and write ``grid.png``, ``results.md`` and ``results.csv`` into ``out``."""
+             model: Any = None, solvers: list[str] | None = None, progress: bool = True,
+             label: int | None = None) -> Path:
+    """Run the demo and write ``grid.png``, ``results.md`` and ``results.csv`` into ``out``.
+
+    A class-conditional model is conditioned on each image's true category, or on class
+    ``label`` for every image (class-conditional restoration with a chosen class)."""
     import invdiff
     import solvers as solver_registry
     from invdiff import metrics
@@ -97,6 +101,13 @@ def run_demo(out: str | Path = "invdiff-demo", full: bool = False, images: int =
     if model is None:
         model = invdiff.load_model("emoji64")
     conditional = getattr(getattr(model, "config", None), "class_cond", False)
+    if label is not None:
+        if not conditional:
+            raise ValueError("--label needs a class-conditional model")
+        n_classes = model.config.num_classes
+        if not 0 <= label < n_classes:
+            raise ValueError(f"--label must be a class id in [0, {n_classes}), got {label}")
+        labels_all = np.full_like(labels_all, label)
     tasks = build_tasks(x_all, labels_all, jax.random.key(seed))
 
     from tqdm.auto import tqdm

@@ -61,3 +61,5 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert len(err) == 1 and "--images" in err[0]
     assert main(["convert", str(tmp_path / "missing.pt"), "--preset", "ffhq256", "--out", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err
+    assert main(["demo", "--label", "10", "--out", str(tmp_path / "d")]) == 2
+    assert "class id in [0, 10)" in capsys.readouterr().err
