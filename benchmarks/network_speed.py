@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from invdiff.nets import ADMConfig, ADMModel, abstract_params, preset_flags  # noqa: E402
+from invdiff.nets.convert import parse_value
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -76,20 +77,7 @@ def parse_flags(text: str) -> dict[str, Any]:
             raise ValueError(f"cannot parse flags {text!r}: expected name=value pairs")
         else:
             out[last] = f"{out[last]},{piece.strip()}"
-    return {k: _value(k, v) for k, v in out.items()}
-
-
-def _value(key: str, v: str) -> Any:
-    if key in ("channel_mult", "attention_resolutions"):
-        return v
-    if v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
+    return {k: parse_value(k, v) for k, v in out.items()}
 
 
 def random_model(config: ADMConfig, dtype: Any, seed: int = 0) -> ADMModel:

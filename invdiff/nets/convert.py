@@ -30,11 +30,14 @@ def parse_flags(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ValueError(f"flag {item!r} must look like name=value")
         k, v = item.split("=", 1)
-        out[k.strip()] = _parse_value(v.strip())
+        out[k.strip()] = parse_value(k.strip(), v.strip())
     return out
 
 
-def _parse_value(v: str) -> Any:
+def parse_value(key: str, v: str) -> Any:
+    """A flag's value from text: bool, int, float or string (list-valued flags stay strings)."""
+    if key in ("channel_mult", "attention_resolutions"):
+        return v
     if v.lower() in ("true", "false"):
         return v.lower() == "true"
     for cast in (int, float):
