@@ -22,7 +22,7 @@ from flax import struct
 
 from invdiff import noise
 from invdiff.model import Model
-from invdiff.operator import LinearOperator
+from invdiff.operator import LinearOperator, _bdot, _per_sample
 from invdiff.schedule import repaint_schedule, transitions
 
 Array = jax.Array
@@ -149,6 +149,18 @@ def denoise_vjp(problem: Problem, x: Array, tr: Step) -> tuple[Array, Array, Arr
     return eps, x0, v, lambda g: vjp_fn(g)[0]
 
 
+def residual_norm_descent(problem: Problem, x0: Array, vjp: Callable) -> Array:
+    """-∇_{x_t} ||y - A x̂0(x_t)||, one norm per sample; 0 where the residual vanishes (DPS, MCG).
+
+    ∇_{x̂0} ||r|| = -Aᵀ r / ||r||: written out so that a zero residual gives a zero step
+    instead of the NaN of differentiating sqrt at 0. ``vjp`` is :func:`denoise_vjp`'s.
+    """
+    r = problem.y - problem.op.A(x0)
+    norm = jnp.sqrt(_bdot(r, r))
+    safe = jnp.where(norm > 0, norm, 1.0)
+    return vjp(problem.op.AT(r / _per_sample(safe, r)))
+
+
 def ancestral_variance(tr: Step, v: Array | None) -> Array:
     """Variance of the DDPM step t -> s: learned-range if the model gives v, else β̃."""
     if v is None:
@@ -167,9 +179,16 @@ def ancestral_step(x: Array, x0: Array, tr: Step, v: Array | None, key: Array) -
 
 def noised_measurement(problem: Problem, tr: Step, key: Array) -> Array:
     """y_s = sqrt(ᾱ_s) y + sqrt(1 - ᾱ_s) A z: the known part noised like the forward process."""
-    x_like = problem.op.AT(problem.y)
+    x_like = jax.eval_shape(problem.op.AT, problem.y)  # only the shape: no work
     z = jax.random.normal(key, x_like.shape, x_like.dtype)
     return jnp.sqrt(tr.abar_s) * problem.y + tr.sigma_s * problem.op.A(z)
+
+
+def project_to_measurement(problem: Problem, x: Array, tr: Step, key: Array) -> Array:
+    """x + A⁺(y_s − A x): replace the measured part of x by the measurement noised to level s
+    (RePaint's known-region injection, ILVR's low-pass refinement, MCG's projection)."""
+    y_s = noised_measurement(problem, tr, key)
+    return x + problem.op.pinv(y_s - problem.op.A(x))
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,23 +8,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from invdiff.operator import _bdot, _per_sample
-from invdiff.solve import Problem, Solver, Step, ancestral_step, denoise_vjp
+from invdiff.solve import Problem, Solver, Step, ancestral_step, denoise_vjp, residual_norm_descent
 
 Array = jax.Array
-
-
-def residual_norm_descent(problem: Problem, x0: Array, vjp) -> Array:
-    """-∇_{x_t} ||y - A x̂0(x_t)||, one norm per sample; 0 where the residual vanishes.
-
-    ∇_{x̂0} ||r|| = -Aᵀ r / ||r||: written out so that a zero residual gives a zero step
-    instead of the NaN of differentiating sqrt at 0.
-    """
-    r = problem.y - problem.op.A(x0)
-    norm = jnp.sqrt(_bdot(r, r))
-    safe = jnp.where(norm > 0, norm, 1.0)
-    direction = problem.op.AT(r / _per_sample(safe, r))
-    return vjp(direction)
 
 
 class DPS(Solver):
@@ -35,8 +21,8 @@ class DPS(Solver):
     with the unsquared norm of the official code (Alg. 1's ζ_i = ζ' / ||y - A x̂0|| applied to
     the squared norm is the same step with scale = 2ζ'). The norm is taken per sample (the
     official code takes one norm over the whole batch, coupling the samples). The ancestral
-    step uses the model's learned-range variance when it has one, else β̃. x̂0 is not
-    clipped (the solver is shape- and range-agnostic; the official code clips to [-1, 1]).
+    step uses the model's learned-range variance when it has one, else β̃. x̂0 is clipped
+    to the model's data range like in every solver (the gradient is the unclipped x̂0's).
 
     Defaults: 1000 steps, scale = 0.5 (the paper's FFHQ/ImageNet inpainting setting; use 0.3
     for super-resolution). Cost per step: 1 network evaluation and 1 vector-Jacobian

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from invdiff.solve import Problem, Solver, Step, ancestral_step, denoise, noised_measurement
+from invdiff.solve import Problem, Solver, Step, ancestral_step, denoise, project_to_measurement
 
 
 class ILVR(Solver):
@@ -44,8 +44,5 @@ class ILVR(Solver):
         k_step, k_meas = jax.random.split(key)
         _, x0, v = denoise(problem, x, tr)
         x_p = ancestral_step(x, x0, tr, v, k_step)
-        y_s = noised_measurement(problem, tr, k_meas)
-        op = problem.op
         on = tr.t >= jnp.asarray(self.range_t, jnp.int32)
-        refined = x_p + op.pinv(y_s - op.A(x_p))
-        return jnp.where(on, refined, x_p), state, x0
+        return jnp.where(on, project_to_measurement(problem, x_p, tr, k_meas), x_p), state, x0

@@ -9,7 +9,15 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from invdiff.solve import Problem, Solver, Step, ancestral_step, denoise_vjp, noised_measurement
+from invdiff.solve import (
+    Problem,
+    Solver,
+    Step,
+    ancestral_step,
+    denoise_vjp,
+    project_to_measurement,
+    residual_norm_descent,
+)
 
 Array = jax.Array
 
@@ -47,16 +55,9 @@ class MCG(Solver):
 
     def step(self, problem: Problem, tr: Step, x: Array, state: Any, key: Array):
         k_step, k_meas = jax.random.split(key)
-        op = problem.op
         _, x0, v, vjp = denoise_vjp(problem, x, tr)
         x_p = ancestral_step(x, x0, tr, v, k_step)
 
-        r = problem.y - op.A(x0)
-        norm = jnp.sqrt(jnp.sum(jnp.square(r), axis=tuple(range(1, r.ndim))))
-        norm = norm.reshape((-1,) + (1,) * (x.ndim - 1))
-        # d/dx̂0 ||y - A x̂0|| = -Aᵀ r / ||r||
-        g = jnp.where(norm > 0, -op.AT(r) / jnp.where(norm > 0, norm, 1.0), 0.0)
-        x_pp = x_p - jnp.asarray(self.alpha, x.dtype) * vjp(g)
+        x_pp = x_p + jnp.asarray(self.alpha, x.dtype) * residual_norm_descent(problem, x0, vjp)
 
-        y_s = noised_measurement(problem, tr, k_meas)
-        return x_pp + op.pinv(y_s - op.A(x_pp)), state, x0
+        return project_to_measurement(problem, x_pp, tr, k_meas), state, x0

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 from flax import struct
 
-from invdiff.solve import Problem, Solver, Step, ancestral_step, denoise, noised_measurement
+from invdiff.solve import Problem, Solver, Step, ancestral_step, denoise, project_to_measurement
 
 
 class RePaint(Solver):
@@ -41,6 +41,4 @@ class RePaint(Solver):
         k_step, k_meas = jax.random.split(key)
         _, x0, v = denoise(problem, x, tr)
         x_u = ancestral_step(x, x0, tr, v, k_step)
-        y_s = noised_measurement(problem, tr, k_meas)
-        op = problem.op
-        return x_u + op.pinv(y_s - op.A(x_u)), state, x0
+        return project_to_measurement(problem, x_u, tr, k_meas), state, x0
