@@ -224,10 +224,25 @@ def trace_count() -> int:
     return _TRACES["count"]
 
 
+_PROGRESS: dict[str, Any] = {"fn": None}
+
+
+def _report_progress(i: Any) -> None:
+    fn = _PROGRESS["fn"]
+    if fn is not None:
+        fn(int(i))
+
+
+def progress_interval(length: int) -> int:
+    """How often (in transitions) the compiled loop reports progress: about 100 times per walk."""
+    return max(1, length // 100)
+
+
 def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array,
-         save_every: int, progress: Callable | None) -> tuple[Array, Trajectory | None]:
+         save_every: int, progress: bool, sharding: Any) -> tuple[Array, Trajectory | None]:
     _TRACES["count"] += 1
     length = tr[0].shape[0]
+    every = progress_interval(length)
     key_init, key_steps = jax.random.split(key)
     state = solver.init(problem, x_init, key_init)
     keys = jax.random.split(key_steps, length)
@@ -246,8 +261,11 @@ def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array,
             return noise.renoise(x, beta, jax.random.normal(k, x.shape, x.dtype)), state, x0
 
         x, state, x0 = jax.lax.cond(up, go_up, go_down, None)
-        if progress is not None:
-            jax.debug.callback(progress, i)
+        if sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, sharding)
+        if progress:
+            report = (i % every == every - 1) | (i == length - 1)
+            jax.lax.cond(report, lambda: jax.debug.callback(_report_progress, i + 1), lambda: None)
         return (x, state, x0), None
 
     carry = (x_init, state, jnp.zeros_like(x_init))
@@ -268,7 +286,52 @@ def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array,
     return carry[0], Trajectory(x=txs, x0hat=tx0, t=tt, position=tpos)
 
 
-_run_jit = jax.jit(_run, static_argnames=("save_every", "progress"))
+_run_jit = jax.jit(_run, static_argnames=("save_every", "progress", "sharding"))
+
+
+def shard_count(batch: int, devices: int) -> int:
+    """Devices a batch is split over: the largest divisor of ``batch`` that is <= ``devices``
+    (every device gets the same number of samples; 6 samples on 4 devices use 3)."""
+    return max(d for d in range(1, min(batch, devices) + 1) if batch % d == 0)
+
+
+def _shard(problem: Problem, x_init: Array, batch: int, x_shape: tuple[int, ...],
+           devices: Any) -> tuple[Problem, Array, Any]:
+    """Place the batch axis of y, x_init, the labels and per-sample operator leaves across
+    ``devices`` (a 1-D mesh named "batch"); everything else is replicated. Returns the
+    sharding of x for the loop's constraint, or None on one device."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from invdiff.testing import per_sample_axes
+
+    devices = list(jax.local_devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices is empty: pass None (all local devices) or a list of jax devices")
+    n = shard_count(batch, len(devices))
+    if n == 1:
+        if len(devices) == 1 or devices[0] != jax.local_devices()[0]:
+            # one chosen device: commit the inputs to it (the default device needs nothing)
+            put = lambda a: jax.device_put(a, devices[0]) if isinstance(a, jax.Array) else a
+            return jax.tree.map(put, problem), put(x_init), None
+        return problem, x_init, None
+    mesh = Mesh(np.asarray(devices[:n]), ("batch",))
+    rows = NamedSharding(mesh, PartitionSpec("batch"))
+    everywhere = NamedSharding(mesh, PartitionSpec())
+
+    def place(axis, a):
+        if not isinstance(a, jax.Array):
+            return a
+        return jax.device_put(a, rows if axis == 0 else everywhere)
+
+    try:
+        axes = per_sample_axes(problem.op, x_shape, batch)
+        op = jax.tree.map(place, axes, problem.op, is_leaf=lambda v: v is None)
+    except (ValueError, TypeError):  # no per-sample description: replicate (still correct)
+        op = jax.tree.map(lambda a: place(None, a), problem.op)
+    problem = problem.replace(
+        model=jax.tree.map(lambda a: place(None, a), problem.model), op=op, y=place(0, problem.y),
+        sigma_y=place(None, problem.sigma_y), label=None if problem.label is None else place(0, problem.label))
+    return problem, place(0, x_init), rows
 
 
 def _check_static_fields(solver: Solver) -> None:
@@ -308,6 +371,7 @@ def solve(
     save_every: int = 0,
     progress: Callable[[int], None] | None = None,
     clip_x0: bool | tuple[float, float] | None = None,
+    devices: Any = None,
 ) -> Solution:
     """Run ``solver`` on y = A x + σ_y n with ``model`` as the prior; one compiled program.
 
@@ -323,10 +387,18 @@ def solve(
         instead of pure noise at the top (e.g. SDEdit: x_init = ``noised(x0, ...)``).
       walk: explicit respaced indices to walk (overrides the solver's jump schedule).
       save_every: keep x and x̂0 after every ``save_every``-th transition (0 keeps nothing).
-      progress: a host callback called with the transition index.
+      progress: a host callback ``progress(n)``, called from inside the compiled loop (via
+        ``jax.debug.callback``) with the number of transitions done, about 100 times per walk
+        (every :func:`progress_interval` transitions) and at the end; the walk has
+        ``len(solver.walk())`` transitions. Changing the callback does not recompile; None
+        compiles no callback at all.
       clip_x0: clip x̂0 in every step to a (low, high) range, as the reference implementations
         do for images; None (default) uses the model's ``data_range`` ((-1, 1) for image
         networks, none for analytic priors), False turns clipping off.
+      devices: the devices the batch is split over (data parallel, a 1-D mesh over the batch
+        axis); None uses all local devices. The batch goes to the largest number of them that
+        divides it (:func:`shard_count`); results equal a one-device solve up to float
+        rounding. ``x`` comes back sharded the same way.
 
     Returns a :class:`Solution` with ``x`` (B, *x_shape), ``nfe`` and ``vjp`` per sample.
     """
@@ -378,7 +450,15 @@ def solve(
         raise ValueError("save_every must be >= 0")
     tr_arrays = tuple(jnp.asarray(a, jnp.float32) if np.issubdtype(np.asarray(a).dtype, np.floating)
                       else jnp.asarray(a) for a in tr.arrays())
-    x, traj = _run_jit(solver, problem, tr_arrays, x_init, key, save_every=int(save_every), progress=progress)
+    problem, x_init, sharding = _shard(problem, x_init, batch, x_shape, devices)
+    _PROGRESS["fn"] = progress
+    try:
+        x, traj = _run_jit(solver, problem, tr_arrays, x_init, key, save_every=int(save_every),
+                           progress=progress is not None, sharding=sharding)
+        if progress is not None:
+            x = jax.block_until_ready(x)  # the callbacks must run while this one is registered
+    finally:
+        _PROGRESS["fn"] = None
     return Solution(x=x, nfe=tr.num_down * solver.nfe_per_step, vjp=tr.num_down * solver.vjp_per_step,
                     trajectory=traj)
 

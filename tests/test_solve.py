@@ -156,12 +156,21 @@ def test_learned_variance_is_used_by_ancestral_steps():
     np.testing.assert_allclose(v_small, np.exp(tr.log_var_clipped[0]), rtol=0.03)
 
 
-def test_progress_callback_sees_every_transition():
+def test_progress_callback_counts_transitions_from_inside_the_loop():
     seen = []
     invdiff.solve(DDIM(steps=6), MODEL, FIRST, jnp.zeros((1, 1)), key=jax.random.key(0),
-                  progress=lambda i: seen.append(int(i)))
-    jax.effects_barrier()
-    assert sorted(seen) == list(range(6))
+                  progress=lambda n: seen.append(n))
+    assert seen == list(range(1, 7))
+    # a long walk reports about 100 times, ends at its length, and a new callback reuses the program
+    before = trace_count()
+    seen.clear()
+    invdiff.solve(DDIM(steps=250), MODEL, FIRST, jnp.zeros((1, 1)), key=jax.random.key(0),
+                  progress=lambda n: seen.append(n))
+    assert seen[-1] == 250 and 100 <= len(seen) <= 130 and seen == sorted(seen)
+    other = []
+    invdiff.solve(DDIM(steps=250), MODEL, FIRST, jnp.zeros((1, 1)), key=jax.random.key(1),
+                  progress=other.append)
+    assert other == seen and trace_count() == before + 1
 
 
 @pytest.mark.parametrize(
