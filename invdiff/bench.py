@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import errno
 import io
 import json
 import math
@@ -50,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invdiff.images import atomic_write_bytes
+from invdiff.images import atomic_write_bytes, writable_dir
 
 #: The six paper solvers (``--solvers`` default).
 DEFAULT_SOLVERS: tuple[str, ...] = ("repaint", "ilvr", "ddnm", "mcg", "pigdm", "diffpir")
@@ -59,10 +58,6 @@ DEFAULT_OPERATORS: tuple[str, ...] = ("inpaint-box", "inpaint-thick", "inpaint-r
                                       "sr4-noisy")
 #: ``--steps`` default of the command line: CPU-friendly (``invdiff demo`` uses the same).
 CLI_STEPS = 20
-#: RePaint's resampling for short walks (``invdiff demo``'s CPU preset): used when ``steps`` is at most
-#: twice the paper's jump length, where the paper's jumps (10 up, 10 times) would dominate the walk.
-SHORT_RESAMPLING: dict[str, int] = {"jump_length": 5, "jump_n_sample": 2}
-
 #: jax.monitoring events that time tracing, lowering and XLA compilation (a persistent-cache hit is
 #: timed inside the backend event, as the time to read the executable back).
 COMPILE_EVENTS: tuple[str, ...] = (
@@ -196,46 +191,9 @@ def _solver_names(names: str | Sequence[str]) -> list[str]:
     return out
 
 
-def make_solver(name: str, steps: int | None = None) -> Any:
-    """The solver ``name`` at the paper's settings (``steps=None``) or with ``steps`` respaced steps.
-
-    RePaint-style resampling (any solver whose default ``jump_length`` > 1) switches to
-    :data:`SHORT_RESAMPLING` when ``steps`` is at most twice the default jump length, like
-    ``invdiff demo``'s CPU preset.
-    """
-    import solvers as registry
-
-    cls = registry.get(name)
-    if steps is None:
-        return cls()
-    default = cls()
-    kw: dict[str, int] = {"steps": int(steps)}
-    if default.jump_length > 1 and steps <= 2 * default.jump_length:
-        kw.update(SHORT_RESAMPLING)
-    return cls(**kw)
-
-
 def _is_conditional(model: Any) -> bool:
     cfg = getattr(model, "config", None)
     return bool(getattr(cfg, "class_cond", False) or getattr(model, "class_conditional", False))
-
-
-def _check_out(out: Path) -> Path:
-    """Create ``out`` and write + remove a probe file; PermissionError / ValueError if that fails."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output path {out} is an existing file, not a directory: choose another --out")
-    hint = f"cannot write into the output directory {out}: choose a writable --out (or fix its permissions)"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = atomic_write_bytes(out / f".invdiff-bench-probe-{os.getpid()}", b"probe")
-        probe.unlink()
-    except PermissionError as e:
-        raise PermissionError(f"{hint}: {e}") from e
-    except OSError as e:
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise PermissionError(f"{hint}: {e}") from e
-        raise
-    return out
 
 
 def _cpu_name() -> str:
@@ -463,7 +421,7 @@ def run_bench(
         ``sr4``, ``sr4-noisy``, …). All names are validated before anything runs.
       images: images per operator, the first ``images`` of the data (default 4).
       steps: respaced steps for every solver; None (default) keeps each paper's defaults. RePaint
-        uses short resampling jumps (:data:`SHORT_RESAMPLING`) for ``steps`` <= 20.
+        uses short resampling jumps (``solvers.SHORT_RESAMPLING``) for ``steps`` <= 20.
       out: output directory (default ``invdiff-bench``), created; must be writable.
       seed: fixes the masks, the measurement noise and the solvers' keys (default 0). Each
         operator's keys are derived from ``seed`` and its name, so adding operators does not change
@@ -480,6 +438,7 @@ def run_bench(
     :data:`FIELDS` (plus per-image PSNR/SSIM) — the content of ``results.json``.
     """
     import invdiff
+    import solvers as solver_registry
     from invdiff import metrics
     from invdiff.images import grid, save_image
     from invdiff.solve import Problem
@@ -533,7 +492,7 @@ def run_bench(
         keys[name] = (k_noise, k_solve)
 
     # 3. the output directory, then the model
-    out = _check_out(Path(out))
+    out = writable_dir(out)
     if model is None:
         model = "emoji64"
     if isinstance(model, (str, os.PathLike)):
@@ -550,7 +509,7 @@ def run_bench(
     model.check_input(shape, label)
 
     # 4. measurements, and every solver's own check on every operator, still before running
-    built = {n: make_solver(n, steps) for n in solver_names}
+    built = {n: solver_registry.make(n, steps) for n in solver_names}
     meas: dict[str, jax.Array] = {}
     for name, deg in degs.items():
         x = jnp.asarray(x_true)
@@ -700,4 +659,4 @@ def run_from_args(args: argparse.Namespace) -> None:
 
 
 __all__ = ["COMPILE_EVENTS", "DEFAULT_OPERATORS", "DEFAULT_SOLVERS", "FIELDS", "CompileClock", "add_arguments",
-           "compile_clock", "machine_info", "make_solver", "run_bench", "run_from_args"]
+           "compile_clock", "machine_info", "run_bench", "run_from_args"]

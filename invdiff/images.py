@@ -42,6 +42,21 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     return path
 
 
+def writable_dir(out: str | os.PathLike[str]) -> Path:
+    """Create the directory ``out`` if needed and prove it can be written (a probe file is
+    written and removed), so that a long job fails at once instead of at its end."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output path {out} is an existing file, not a directory: choose another output directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / f".invdiff-probe-{os.getpid()}", b"").unlink()
+    except OSError as e:
+        raise PermissionError(f"cannot write into the output directory {out} ({e.strerror or e}): choose a writable "
+                              f"one or fix its permissions") from None
+    return out
+
+
 def save_image(path: str | os.PathLike[str], image: np.ndarray) -> Path:
     """Save one (H, W, 3|1) image in [-1, 1] or uint8 as PNG/JPEG (by extension), atomically."""
     import io

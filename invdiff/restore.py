@@ -33,24 +33,6 @@ OPERATORS = ("inpaint", "colorize", "sr")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def check_writable_dir(out: str | os.PathLike[str]) -> Path:
-    """Create ``out`` if needed and prove it can be written, before any long work starts."""
-    out = Path(out)
-    try:
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".invdiff-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except NotADirectoryError:
-        raise ValueError(f"output directory {str(out)!r} is an existing file; choose a directory") from None
-    except OSError as e:
-        raise PermissionError(f"cannot write to the output directory {str(out)!r} ({e.strerror or e}); "
-                              f"choose another --out") from None
-    return out
-
-
 def _read(path: Path) -> np.ndarray:
     """(H, W, 3) float32 in [-1, 1]."""
     from invdiff.images import load_image
@@ -131,7 +113,7 @@ def restore(
 
     import invdiff
     import solvers as solver_registry
-    from invdiff.images import save_image
+    from invdiff.images import save_image, writable_dir
     from operators import Colorization, Downsampling, Inpainting, masks
 
     # ---- everything that can be checked before loading or computing anything ----------
@@ -139,7 +121,7 @@ def restore(
         raise ValueError("no input images given")
     if operator not in OPERATORS:
         raise ValueError(f"unknown operator {operator!r}; valid operators: {', '.join(OPERATORS)}")
-    solver_cls = solver_registry.get(solver)
+    solver_registry.get(solver)  # ValueError listing the valid names
     if operator == "inpaint":
         if (mask is None) == (mask_type is None):
             raise ValueError("inpaint needs exactly one of --mask MASK.png (white = known) or --mask-type "
@@ -160,7 +142,7 @@ def restore(
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"no image at {p}")
-    out = check_writable_dir(out)
+    out = writable_dir(out)
     targets = output_paths(paths, out, fmt)
     mask_path = Path(mask) if mask is not None else None
     if mask_path is not None and not mask_path.is_file():
@@ -229,7 +211,7 @@ def restore(
             ys.append(np.asarray(one.A(jnp.asarray(x[None])))[0])
     y = np.stack(ys)
 
-    solver_obj = solver_cls() if steps is None else _with_steps(solver_cls, steps)
+    solver_obj = solver_registry.make(solver, steps)
     total = len(solver_obj.walk()) - 1  # transitions of the walk
     chunk = batch_size or n
     labels = np.full((n,), label, np.int32) if cfg.class_cond else None
@@ -277,10 +259,3 @@ def restore(
                 k += 1
     return written
 
-
-def _with_steps(cls: type, steps: int) -> Any:
-    """The solver at ``steps``; RePaint keeps its jumps only where the walk is long enough."""
-    default = cls()
-    if default.jump_length > 1 and steps < 2 * default.jump_length:
-        return cls(steps=steps, jump_length=max(1, min(5, steps // 2)), jump_n_sample=2 if steps >= 2 else 1)
-    return cls(steps=steps)

@@ -39,4 +39,27 @@ def get(name: str) -> type:
         raise ValueError(f"unknown solver {name!r}: choose one of {', '.join(SOLVERS)}") from None
 
 
-__all__ = ["DDIM", "DDNM", "DDPM", "DDRM", "DPS", "ILVR", "MCG", "SOLVERS", "DiffPIR", "PiGDM", "RePaint", "get"]
+#: RePaint-style resampling for short walks (``invdiff demo``'s CPU preset), used by :func:`make`
+#: when ``steps`` is at most twice the paper's jump length, where the paper's jumps would dominate.
+SHORT_RESAMPLING: dict[str, int] = {"jump_length": 5, "jump_n_sample": 2}
+
+
+def make(name: str, steps: int | None = None):
+    """The solver ``name`` at its paper's settings (``steps=None``) or with ``steps`` respaced steps.
+
+    A solver that resamples by default (RePaint: ``jump_length`` 10) switches to
+    :data:`SHORT_RESAMPLING` when ``steps`` is at most twice its default jump length.
+    """
+    cls = get(name)
+    if steps is None:
+        return cls()
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    kw = {"steps": int(steps)}
+    if cls().jump_length > 1 and steps <= 2 * cls().jump_length:
+        kw.update(SHORT_RESAMPLING)
+    return cls(**kw)
+
+
+__all__ = ["DDIM", "DDNM", "DDPM", "DDRM", "DPS", "ILVR", "MCG", "SOLVERS", "DiffPIR", "PiGDM", "RePaint", "get",
+           "make"]

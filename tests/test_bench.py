@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 import invdiff
+import invdiff.images
+import solvers as solver_registry
 from invdiff import bench
 from invdiff.priors import Gaussian
 
@@ -123,11 +125,11 @@ def test_repeat_solves_each_cell_twice(tmp_path, monkeypatch):
 
 
 def test_repaint_short_walks_use_the_demo_jumps():
-    assert bench.make_solver("repaint", 20).jump_length == 5
-    assert bench.make_solver("repaint", 20).jump_n_sample == 2
-    assert bench.make_solver("repaint", 50).jump_length == 10
-    assert bench.make_solver("repaint").steps == 250
-    assert bench.make_solver("ddnm", 7).steps == 7 and bench.make_solver("ddnm", 7).jump_length == 1
+    assert solver_registry.make("repaint", 20).jump_length == 5
+    assert solver_registry.make("repaint", 20).jump_n_sample == 2
+    assert solver_registry.make("repaint", 50).jump_length == 10
+    assert solver_registry.make("repaint").steps == 250
+    assert solver_registry.make("ddnm", 7).steps == 7 and solver_registry.make("ddnm", 7).jump_length == 1
 
 
 def test_compile_clock_sees_a_fresh_compilation():
@@ -187,7 +189,7 @@ def test_unwritable_out_raises_permission_error(tmp_path, monkeypatch):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        with pytest.raises(PermissionError, match="writable --out"):
+        with pytest.raises(PermissionError, match="choose a writable"):
             bench.run_bench(["ddnm"], ["sr2"], images=2, out=locked / "sub", model=_prior(), data=_data(),
                             progress=False)
     finally:
@@ -200,8 +202,8 @@ def test_failing_probe_write_raises_permission_error_before_solving(tmp_path, mo
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(invdiff, "solve", _no_solve)
-    monkeypatch.setattr(bench, "atomic_write_bytes", refuse)
-    with pytest.raises(PermissionError, match="writable --out"):
+    monkeypatch.setattr(invdiff.images, "atomic_write_bytes", refuse)
+    with pytest.raises(PermissionError, match="choose a writable"):
         bench.run_bench(["ddnm"], ["sr2"], images=2, out=tmp_path / "o", model=_prior(), data=_data(),
                         progress=False)
 
