@@ -31,6 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from invdiff.nets.conv import Conv2d
+
 Array = jax.Array
 Dtype = Any
 
@@ -78,10 +80,8 @@ class GroupNorm32(nn.Module):
 
 
 def _conv(features: int, kernel: int, name: str, dtype: Dtype, precision: Any,
-          strides: int = 1) -> nn.Conv:
-    pad = ((kernel // 2, kernel // 2),) * 2
-    return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=pad,
-                   dtype=dtype, param_dtype=jnp.float32, precision=precision, name=name)
+          strides: int = 1) -> Conv2d:
+    return Conv2d(features, kernel, strides=strides, dtype=dtype, precision=precision, name=name)
 
 
 def _avg_pool2(x: Array) -> Array:
