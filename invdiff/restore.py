@@ -58,6 +58,10 @@ def output_paths(inputs: Sequence[Path], out: Path, fmt: str | None) -> list[Pat
         if ext not in IMAGE_SUFFIXES:
             raise ValueError(f"unknown output format {fmt!r}: use png or jpg")
         paths.append(out / f"{p.stem}{ext}")
+    protected = {p.resolve() for p in inputs}
+    for src, dst in zip(inputs, paths):
+        if dst.resolve() in protected:
+            raise ValueError(f"writing the result of {src} to {dst} would overwrite an input; choose another --out")
     seen: dict[Path, Path] = {}
     for src, dst in zip(inputs, paths):
         if dst in seen:

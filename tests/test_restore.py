@@ -122,6 +122,16 @@ def test_unwritable_output_directory(files, tmp_path, capsys):
     assert blocker.read_text() == "x"
 
 
+def test_inputs_are_never_overwritten(files, tmp_path, capsys):
+    d, model_dir, _, _ = files
+    src = tmp_path / "photo.png"
+    src.write_bytes((d / "a.png").read_bytes())
+    code, err = run_cli(["restore", str(src), "--operator", "colorize", "--label", "0", "--model", str(model_dir),
+                         "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 2 and "overwrite an input" in err
+    assert src.read_bytes() == (d / "a.png").read_bytes()
+
+
 def test_a_failed_write_leaves_nothing_half_written(files, tmp_path, monkeypatch):
     d, model_dir, _, _ = files
     import PIL.Image
