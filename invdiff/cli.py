@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="invdiff", description="Diffusion priors for linear inverse problems.")
     sub = p.add_subparsers(dest="command", required=True)
 
+    from operators import masks
+    from solvers import SOLVERS
+
     r = sub.add_parser(
         "restore", help="restore your own images (inpainting, colorization, super-resolution)",
         description="Restore PNG/JPEG images with a diffusion prior. Inpainting: the mask says which pixels are "
@@ -79,12 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "low-resolution measurement itself; a full-size input is downsampled first.")
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG or JPEG images, solved together in one batch")
     r.add_argument("--operator", required=True, choices=["inpaint", "colorize", "sr"])
-    r.add_argument("--solver", default="ddnm", help="solver name (default ddnm): repaint, ilvr, ddnm, mcg, "
-                   "pigdm, diffpir, dps, ddrm, ddpm, ddim")
+    r.add_argument("--solver", default="ddnm", help="solver name (default ddnm): " + ", ".join(SOLVERS))
     r.add_argument("--out", required=True, help="output directory; results are OUT/<input name>")
     r.add_argument("--mask", help="inpaint: mask image of the input's size, white = known, black = missing")
     r.add_argument("--mask-type", dest="mask_type",
-                   choices=["half", "box", "thick", "thin", "lines", "expand", "random", "circle"],
+                   choices=list(masks.FAMILIES),
                    help="inpaint: a generated mask instead of --mask (random ones are drawn from --seed)")
     r.add_argument("--factor", type=int, default=4, help="sr: downsampling factor (default 4)")
     r.add_argument("--steps", type=int, help="respaced diffusion steps (default: the solver's paper setting)")

@@ -390,7 +390,7 @@ def solve(
       progress: a host callback ``progress(n)``, called from inside the compiled loop (via
         ``jax.debug.callback``) with the number of transitions done, about 100 times per walk
         (every :func:`progress_interval` transitions) and at the end; the walk has
-        ``len(solver.walk())`` transitions. Changing the callback does not recompile; None
+        ``len(solver.walk()) - 1`` transitions. Changing the callback does not recompile; None
         compiles no callback at all.
       clip_x0: clip x̂0 in every step to a (low, high) range, as the reference implementations
         do for images; None (default) uses the model's ``data_range`` ((-1, 1) for image

@@ -5,6 +5,7 @@ default to their paper's settings. ``SOLVERS`` is the explicit registry (lower-c
 command line and the benchmarks use.
 """
 
+from invdiff.solve import Solver
 from solvers.ddim import DDIM
 from solvers.ddnm import DDNM
 from solvers.ddpm import DDPM
@@ -44,7 +45,7 @@ def get(name: str) -> type:
 SHORT_RESAMPLING: dict[str, int] = {"jump_length": 5, "jump_n_sample": 2}
 
 
-def make(name: str, steps: int | None = None):
+def make(name: str, steps: int | None = None) -> Solver:
     """The solver ``name`` at its paper's settings (``steps=None``) or with ``steps`` respaced steps.
 
     A solver that resamples by default (RePaint: ``jump_length`` 10) switches to
