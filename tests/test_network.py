@@ -506,7 +506,7 @@ def abstract_params_like(cfg):
     return abstract_params(cfg)
 
 
-@pytest.mark.parametrize("kernel,stride,size", [(3, 1, 8), (3, 2, 8), (3, 2, 7), (1, 1, 5)])
+@pytest.mark.parametrize("kernel,stride,size", [(3, 1, 8), (3, 2, 7)])
 def test_conv_gradients_equal_lax(kernel, stride, size):
     """invdiff.nets.conv writes the input gradient out by hand (fast inside loops): same values."""
     from jax import lax
@@ -520,7 +520,7 @@ def test_conv_gradients_equal_lax(kernel, stride, size):
     ours = lambda x, k: conv(x, k, (stride,) * 2, p)
     w = jax.random.normal(jax.random.key(2), ref(x, k).shape)
     np.testing.assert_allclose(ours(x, k), ref(x, k))
-    g_ref = jax.grad(lambda x, k: jnp.sum(w * ref(x, k)), (0, 1))(x, k)
-    g_ours = jax.grad(lambda x, k: jnp.sum(w * ours(x, k)), (0, 1))(x, k)
+    g_ref = jax.jit(jax.grad(lambda x, k: jnp.sum(w * ref(x, k)), (0, 1)))(x, k)
+    g_ours = jax.jit(jax.grad(lambda x, k: jnp.sum(w * ours(x, k)), (0, 1)))(x, k)
     for a, b in zip(g_ours, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
