@@ -33,22 +33,6 @@ OPERATORS = ("inpaint", "colorize", "sr")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def _read(path: Path) -> np.ndarray:
-    """(H, W, 3) float32 in [-1, 1]."""
-    from invdiff.images import load_image
-
-    return load_image(path)
-
-
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bicubic resize of a [-1, 1] image to ``size`` (H, W)."""
-    from PIL import Image
-
-    from invdiff.images import to_model, to_uint8
-
-    return to_model(np.asarray(Image.fromarray(to_uint8(image)).resize((size[1], size[0]), Image.BICUBIC)))
-
-
 def output_paths(inputs: Sequence[Path], out: Path, fmt: str | None) -> list[Path]:
     """``OUT/<stem>.<ext>``: the input's own format (PNG or JPEG) unless ``fmt`` is given."""
     paths = []
@@ -117,8 +101,8 @@ def restore(
 
     import invdiff
     import solvers as solver_registry
-    from invdiff.images import save_image, writable_dir
-    from operators import Colorization, Downsampling, Inpainting, masks
+    from invdiff.images import load_image, save_image, writable_dir
+    from operators import Inpainting, masks, named
 
     # ---- everything that can be checked before loading or computing anything ----------
     if not inputs:
@@ -170,50 +154,37 @@ def restore(
         raise ValueError("this model is not class-conditional: leave out --label")
 
     low = s // factor if operator == "sr" else None
-    xs, ys_given, sizes_in = [], [], []
+    xs, given, sizes_in = [], [], []  # given[i]: the input is the low-resolution measurement itself
     for p in paths:
-        im = _read(p)
+        im = load_image(p)
         h, w = im.shape[:2]
         sizes_in.append((h, w))
-        if operator == "sr" and (h, w) == (low, low) and s % factor == 0:
-            ys_given.append(im)
-            xs.append(None)
-            continue
-        if (h, w) != (s, s):
+        given.append(operator == "sr" and (h, w) == (low, low) and s % factor == 0)
+        if not given[-1] and (h, w) != (s, s):
             if not resize:
                 sizes = f"{s}x{s}" + (f" (or {low}x{low}, the low-resolution measurement)" if low else "")
                 raise ValueError(f"{p} is {w}x{h} but the model takes {sizes}; resize it or pass --resize")
-            im = _resize(im, (s, s))
+            im = load_image(p, size=s)
         xs.append(im)
-        ys_given.append(None)
 
     n = len(paths)
-    if operator == "inpaint":
-        if mask_path is not None:
-            mh, mw = np.asarray(masks.from_png(mask_path)).shape
-            for p, (h, w) in zip(paths, sizes_in):
-                if (h, w) != (mh, mw):
-                    raise ValueError(f"the mask {mask_path} is {mw}x{mh} but the image {p} is {w}x{h}; "
-                                     f"give a mask of the image's size")
-            m = np.broadcast_to(np.asarray(masks.from_png(mask_path, size=(s, s))), (n, s, s))
-        else:
-            kw = {"missing": 0.7} if mask_type == "random" else {}
-            m = np.asarray(masks.by_name(mask_type, jax.random.key(seed), s, s, n=n, **kw))
-        op = Inpainting(jnp.asarray(np.ascontiguousarray(m[..., None])))
-    elif operator == "colorize":
-        op = Colorization()
-    else:
-        if s % factor:
-            raise ValueError(f"the model size {s} is not divisible by --factor {factor}")
-        op = Downsampling(int(factor))
-    ys = []
-    for i, (x, yg) in enumerate(zip(xs, ys_given)):
-        if yg is not None:
-            ys.append(yg)
-        else:
-            one = op if operator != "inpaint" else Inpainting(op.mask[i:i + 1])
-            ys.append(np.asarray(one.A(jnp.asarray(x[None])))[0])
-    y = np.stack(ys)
+    mask_arr = None
+    if mask_path is not None:
+        mh, mw = np.asarray(masks.from_png(mask_path)).shape
+        for p, (h, w) in zip(paths, sizes_in):
+            if (h, w) != (mh, mw):
+                raise ValueError(f"the mask {mask_path} is {mw}x{mh} but the image {p} is {w}x{h}; "
+                                 f"give a mask of the image's size")
+        mask_arr = np.asarray(masks.from_png(mask_path, size=(s, s)))
+    name = {"inpaint": "inpaint" if mask_type is None else f"inpaint-{mask_type}", "colorize": "colorize",
+            "sr": f"sr{int(factor)}"}[operator]
+    op = named.make(name, (n, s, s, channels), jax.random.key(seed), mask=mask_arr).op
+    # y = A x for full-size inputs, in one batched call; a low-resolution sr input is y itself
+    full = np.stack([np.zeros((s, s, channels), np.float32) if g else x for x, g in zip(xs, given)])
+    y = np.array(op.A(jnp.asarray(full)))
+    for i, g in enumerate(given):
+        if g:
+            y[i] = xs[i]
 
     solver_obj = solver_registry.make(solver, steps)
     total = len(solver_obj.walk()) - 1  # transitions of the walk
@@ -225,7 +196,7 @@ def restore(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total * ((n + chunk - 1) // chunk), desc=f"{solver}: compiling", unit="step")
-    results = []
+    restored = []
     try:
         for start in range(0, n, chunk):
             sl = slice(start, start + chunk)
@@ -245,21 +216,14 @@ def restore(
             sol = invdiff.solve(solver_obj, net, op_c, jnp.asarray(y[sl]), key=jax.random.key(seed),
                                 sigma_y=sigma_y, label=None if labels is None else jnp.asarray(labels[sl]),
                                 progress=cb)
-            results.append((op_c, np.asarray(sol.x), y[sl]))
+            restored.append(np.asarray(sol.x))
     finally:
         if bar is not None:
             bar.close()
 
-    written = []
-    x_all = np.concatenate([r[1] for r in results])
-    for i, dst in enumerate(targets):
-        written.append(save_image(dst, x_all[i]))
+    written = [save_image(dst, x) for dst, x in zip(targets, np.concatenate(restored))]
     if save_measurement:
-        k = 0
-        for op_c, _, yc in results:
-            meas = np.asarray(op_c.pinv(jnp.asarray(yc)))
-            for j in range(len(yc)):
-                save_image(out / f"{targets[k].stem}.measurement.png", meas[j])
-                k += 1
+        for dst, m in zip(targets, np.asarray(op.pinv(jnp.asarray(y)))):
+            save_image(out / f"{dst.stem}.measurement.png", m)
     return written
 
