@@ -615,16 +615,12 @@ def run_bench(
 # Command line (wired into ``invdiff bench`` by invdiff/cli.py).
 
 
-def _csv_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``invdiff bench`` options to ``parser``."""
-    parser.add_argument("--solvers", type=_csv_list, default=list(DEFAULT_SOLVERS), metavar="LIST",
+    parser.add_argument("--solvers", type=_names, default=list(DEFAULT_SOLVERS), metavar="LIST",
                         help="comma-separated solver names (default: " + ",".join(DEFAULT_SOLVERS)
                         + "; also dps, ddrm, ddpm, ddim)")
-    parser.add_argument("--operators", type=_csv_list, default=list(DEFAULT_OPERATORS), metavar="LIST",
+    parser.add_argument("--operators", type=_names, default=list(DEFAULT_OPERATORS), metavar="LIST",
                         help="comma-separated degradations: inpaint-<box|thick|thin|random|half|lines|expand|circle>, "
                         "colorize, sr<k>, each optionally with -noisy (measurement noise std 0.05 in [-1, 1] "
                         "units) (default: " + ",".join(DEFAULT_OPERATORS) + ")")
