@@ -18,6 +18,13 @@ _IMAGENET256 = dict(
     num_res_blocks=2, resblock_updown=True, use_fp16=True, use_scale_shift_norm=True,
 )
 
+# RePaint's CelebA-HQ and Places2 models share one architecture (andreas128/RePaint confs/*.yml).
+_REPAINT256 = dict(
+    attention_resolutions="32,16,8", class_cond=False, diffusion_steps=1000, image_size=256,
+    learn_sigma=True, noise_schedule="linear", num_channels=256, num_head_channels=64,
+    num_heads=4, num_res_blocks=2, resblock_updown=True, use_fp16=False, use_scale_shift_norm=True,
+)
+
 _RAW: dict[str, dict[str, Any]] = {
     # openai/guided-diffusion README, "256x256 unconditional"; used by RePaint, DDNM, ΠGDM, DiffPIR.
     "imagenet256-uncond": dict(
@@ -45,19 +52,13 @@ _RAW: dict[str, dict[str, Any]] = {
     "celeba256": dict(
         _file="celeba256_250000.pt",
         _source="andreas128/RePaint confs/face_example.yml (CelebA-HQ 256)",
-        attention_resolutions="32,16,8", class_cond=False, diffusion_steps=1000, image_size=256,
-        learn_sigma=True, noise_schedule="linear", num_channels=256, num_head_channels=64,
-        num_heads=4, num_res_blocks=2, resblock_updown=True, use_fp16=False,
-        use_scale_shift_norm=True,
+        **_REPAINT256,
     ),
     # RePaint (andreas128/RePaint) confs/test_p256_thin.yml and friends.
     "places256": dict(
         _file="places256_300000.pt",
         _source="andreas128/RePaint confs/test_p256_*.yml (Places2 256)",
-        attention_resolutions="32,16,8", class_cond=False, diffusion_steps=1000, image_size=256,
-        learn_sigma=True, noise_schedule="linear", num_channels=256, num_head_channels=64,
-        num_heads=4, num_res_blocks=2, resblock_updown=True, use_fp16=False,
-        use_scale_shift_norm=True,
+        **_REPAINT256,
     ),
     # openai/guided-diffusion README, "64x64 class-conditional" (improved-diffusion cosine).
     "imagenet64-cond": dict(
