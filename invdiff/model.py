@@ -36,6 +36,12 @@ class Model(struct.PyTreeNode):
     #: (guided-diffusion's clip_denoised). None: unbounded (analytic priors).
     data_range: tuple[float, float] | None = struct.field(pytree_node=False, default=None, kw_only=True)
 
+    @property
+    def nfe_per_call(self) -> int:
+        """Network evaluations one call of :meth:`eps` costs: 1, or more for wrappers (2 for
+        classifier-free guidance, one per tile for a tiled model). ``Solution.nfe`` counts them."""
+        return 1
+
     def eps(self, x: Array, t: Array, label: Array | None = None) -> Array:
         """The noise prediction ε̂(x_t, t), same shape as ``x``."""
         raise NotImplementedError

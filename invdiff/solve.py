@@ -208,7 +208,8 @@ class Trajectory:
 @struct.dataclass
 class Solution:
     """``x``: one restored sample per row of y. ``nfe`` / ``vjp``: network forward passes and
-    vector-Jacobian products per sample. ``trajectory``: saved states, or None."""
+    vector-Jacobian products per sample (a wrapped model's ``nfe_per_call`` included).
+    ``trajectory``: saved states, or None."""
 
     x: Array
     nfe: int = struct.field(pytree_node=False)
@@ -459,8 +460,9 @@ def solve(
             x = jax.block_until_ready(x)  # the callbacks must run while this one is registered
     finally:
         _PROGRESS["fn"] = None
-    return Solution(x=x, nfe=tr.num_down * solver.nfe_per_step, vjp=tr.num_down * solver.vjp_per_step,
-                    trajectory=traj)
+    per_call = int(getattr(model, "nfe_per_call", 1))
+    return Solution(x=x, nfe=tr.num_down * solver.nfe_per_step * per_call,
+                    vjp=tr.num_down * solver.vjp_per_step * per_call, trajectory=traj)
 
 
 def noised(x0: Array, model: Model, steps: int, start_step: int, key: Array) -> Array:
