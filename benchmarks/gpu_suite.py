@@ -5,6 +5,13 @@ One NVIDIA GPU, under 8 minutes, every result under ``$OUT`` (``gpu_suite.md`` a
 
     python3 benchmarks/gpu_suite.py --out "$OUT" 2>&1 | tee "$OUT/gpu_suite.log"
 
+On this workplace's H200 machine (jax, flax, optax, orbax, pillow, tqdm and matplotlib are
+installed there; nothing to install), as one device call with ``timeout_s`` 560::
+
+    export PYTHONUNBUFFERED=1; set -o pipefail; python3 benchmarks/gpu_suite.py --out $OUT 2>&1 | tee $OUT/gpu_suite.log
+
+then copy ``gpu_suite.md``/``.json`` to ``benchmarks/results/gpu_suite_<gpu>.md``/``.json``.
+
 CPU smoke test at toy size (a 32x32 ADM instead of ADM-256, a few steps, about 2 minutes)::
 
     python3 benchmarks/gpu_suite.py --toy --out /tmp/gpu_suite_toy
