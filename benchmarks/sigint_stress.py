@@ -60,9 +60,7 @@ def one_try(repo: Path, moment: str, model: str, steps: int, work: Path) -> dict
     cmd = [sys.executable, "-m", "invdiff.cli", "restore", *map(str, inputs), "--operator", "colorize",
            "--label", "0", "--model", model, "--steps", str(steps), "--batch-size", "1", "--out", str(out)]
     t0 = time.perf_counter()
-    # SIGINT as in a terminal: a background job of a shell script inherits it ignored
-    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     err: list[str] = []
     threads = [threading.Thread(target=_reader, args=(s, sink), daemon=True)
                for s, sink in ((proc.stderr, err), (proc.stdout, []))]
@@ -133,6 +131,9 @@ def main() -> None:
     ap.add_argument("--name", default="cpu", help="results file suffix (default cpu)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
+    # children get SIGINT as in a terminal even when this script is a shell's background job
+    # (which starts with SIGINT ignored, and an ignored signal stays ignored across exec)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     repo = Path(args.repo).resolve()
     rows = []
     for i in range(args.tries):

@@ -196,5 +196,6 @@ def _run_demo(out: Path, full: bool, images: int, seed: int, model: Any, solvers
     atomic_write_bytes(out / "results.md", ("\n".join(md) + "\n").encode())
     print(f"wrote {out / 'grid.png'}, {out / 'results.md'} and {out / 'results.csv'}")
     done = len(names) * len(tasks) - len(not_done)
-    stop.check(f"the files hold the {done} finished solve(s); not done: {', '.join(not_done)}")
+    stop.check(f"{out}'s grid.png, results.md and results.csv hold the {done} finished solve(s); not done: "
+               f"{', '.join(not_done)}")
     return out

@@ -71,7 +71,6 @@ class Job:
     op: Any  # the operator for the whole batch (inpainting: one mask row per input)
     y: np.ndarray  # (n, *y_shape) in model units
     labels: np.ndarray | None
-    solver_name: str
     solver: Any
     sigma_y: float
     seed: int
@@ -90,24 +89,18 @@ def _check_label(cfg: Any, label: int | None) -> None:
 
 def _read_input(p: Path, s: int, low: int | None, resize: bool) -> tuple[np.ndarray, bool]:
     """One input in model units and whether it is the low-resolution measurement itself (sr).
-    Its size is checked from the header, before the pixels are decoded."""
+    Its size (as shown, EXIF orientation included) is checked from the header, before the
+    pixels are decoded."""
     from invdiff.images import load_image, open_image, oriented_size
 
     im = open_image(p)
     w, h = oriented_size(im)
-    allowed = [(s, s)] + ([(low, low)] if low else [])
-    if not resize and (w, h) not in allowed:
+    given = low is not None and (w, h) == (low, low)
+    if not resize and not given and (w, h) != (s, s):
         im.close()
         sizes = f"{s}x{s}" + (f" (or {low}x{low}, the low-resolution measurement)" if low else "")
         raise ValueError(f"{p} is {w}x{h} but the model takes {sizes}; resize it or pass --resize")
-    x = load_image(p, image=im)
-    given = low is not None and x.shape[:2] == (low, low)
-    if not given and x.shape[:2] != (s, s):
-        if not resize:  # the orientation was only known after decoding (EXIF after a PNG's pixels)
-            raise ValueError(f"{p} is {x.shape[1]}x{x.shape[0]} as shown but the model takes {s}x{s}; resize it or "
-                             f"pass --resize")
-        x = load_image(p, size=s)
-    return x, given
+    return load_image(p, size=None if given else s, image=im), given
 
 
 def _read_mask(mask_path: Path, paths: Sequence[Path], s: int) -> np.ndarray:
@@ -219,7 +212,7 @@ def prepare(
         if g:
             y[i] = xs[i]
     return Job(paths=paths, targets=targets, measurements=measurements, model=net, op=op, y=y,
-               labels=np.full((n,), label, np.int32) if cfg.class_cond else None, solver_name=solver,
+               labels=np.full((n,), label, np.int32) if cfg.class_cond else None,
                solver=solver_registry.make(solver, steps), sigma_y=float(sigma_y), seed=int(seed))
 
 
