@@ -25,6 +25,7 @@ Writes ``benchmarks/results/sigint_stress_<name>.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -128,6 +129,8 @@ def main() -> None:
     ap.add_argument("--tries", type=int, default=10)
     ap.add_argument("--model", default="emoji64")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--moments", default=",".join(MOMENTS),
+                    help=f"comma-separated, cycled (default {','.join(MOMENTS)})")
     ap.add_argument("--name", default="cpu", help="results file suffix (default cpu)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
@@ -136,15 +139,21 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     repo = Path(args.repo).resolve()
     rows = []
+    moments = args.moments.split(",")
+    if not set(moments) <= set(MOMENTS):
+        ap.error(f"--moments: choose from {', '.join(MOMENTS)}")
     for i in range(args.tries):
-        moment = MOMENTS[i % len(MOMENTS)]
+        moment = moments[i % len(moments)]
         with tempfile.TemporaryDirectory() as tmp:
             r = one_try(repo, moment, args.model, args.steps, Path(tmp))
         rows.append(r)
         print(json.dumps(r), flush=True)
     # -2: ended by SIGINT itself (Python's exit for an uncaught KeyboardInterrupt); a shell shows 130
     ok = [r for r in rows if r["rc"] in (130, -2) and not r["temporary"] and not r["broken"] and r["consistent"]]
-    machine = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip()
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    machine = f"{cpu}, {os.cpu_count()} cores"
     summary = dict(repo=str(repo), machine=machine, tries=len(rows), ok=len(ok),
                    segfaults=sum(r["segfault"] for r in rows),
                    partial=sum(bool(r["temporary"] or r["broken"]) for r in rows), rows=rows)
@@ -152,8 +161,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"sigint_stress_{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     md = [f"# SIGINT stress test of `invdiff restore` ({args.name})", "",
-          f"`python benchmarks/sigint_stress.py --tries {args.tries} --steps {args.steps} --name {args.name}` "
-          f"on {machine} (shared machine). Three 64x64 inputs, bundled model `{args.model}`, "
+          f"`python benchmarks/sigint_stress.py --tries {args.tries} --steps {args.steps} --moments {args.moments} "
+          f"--name {args.name}` on {machine} (shared machine, other jobs running). Checkout: {repo.name}. "
+          f"Three 64x64 inputs, bundled model `{args.model}`, "
           "`--batch-size 1`, a fresh compilation cache per try.", "",
           f"**{len(ok)} of {len(rows)} tries clean** (exit 130, or -2 = ended by SIGINT, which a shell shows as "
           f"130; no partial file; the files on disk match the message); segfaults: {summary['segfaults']}; tries "
