@@ -1,15 +1,21 @@
 """The ``invdiff`` command line: restore, bench, demo, train, convert.
 
 Errors a user can fix (a missing or unreadable file, a bad flag or name, an output directory
-that cannot be written) print one line and exit with status 2; anything else is a bug and
-keeps its traceback.
+that cannot be written, an output that exists already) print one line and exit with status 2;
+anything else is a bug and keeps its traceback. Warnings are one line each. Ctrl-C during
+``restore``, ``demo`` or ``train`` is honoured at the next safe point (finished work is
+written first); the command says what was done and what was not and exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -19,6 +25,36 @@ def _parse_flags(items: Sequence[str]) -> dict[str, Any]:
     return parse_flags(list(items))
 
 
+def _interruptible(cmd: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+    """Run a command with Ctrl-C deferred to its safe points from the start (imports, model
+    loading and compilation included): see :func:`invdiff.guard.deferred_interrupts`."""
+
+    @functools.wraps(cmd)
+    def run(args: argparse.Namespace) -> None:
+        from invdiff.guard import deferred_interrupts
+
+        with deferred_interrupts():
+            cmd(args)
+
+    return run
+
+
+def _check_export(export: str, overwrite: bool, inputs: Sequence[str]) -> None:
+    """``train --export DIR``: refuse before training what the export would replace."""
+    from invdiff.images import writable_dir
+
+    d = Path(export)
+    if d.exists() and not d.is_dir():
+        raise ValueError(f"--export {d} is an existing file; the export is a model directory: choose another path")
+    if d.resolve() in {Path(p).resolve() for p in inputs}:
+        raise ValueError(f"--export {d} is the training data or the work directory; choose another directory")
+    if d.is_dir() and any(d.iterdir()) and not overwrite:
+        raise FileExistsError(f"--export {d} exists and is not empty; pass --overwrite to replace the model there, "
+                              f"or choose another directory")
+    writable_dir(d if d.is_dir() else d.parent)
+
+
+@_interruptible
 def _cmd_train(args: argparse.Namespace) -> None:
     import dataclasses
 
@@ -32,9 +68,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
     config = ADMConfig.from_flags(**flags)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     tc = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    if args.export:
+        _check_export(args.export, args.overwrite, [args.data, args.workdir])
     model = train(config, args.data, args.workdir, tc, time_limit_s=args.time_limit)
     if args.export:
-        save_model(model, args.export)
+        save_model(model, args.export, overwrite=args.overwrite)
         print(f"EMA model written to {args.export}")
 
 
@@ -45,12 +83,15 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+@_interruptible
 def _cmd_demo(args: argparse.Namespace) -> None:
     from invdiff.demo import run_demo
 
-    run_demo(out=args.out, full=args.full, images=args.images, seed=args.seed, label=args.label)
+    run_demo(out=args.out, full=args.full, images=args.images, seed=args.seed, label=args.label,
+             overwrite=args.overwrite)
 
 
+@_interruptible
 def _cmd_restore(args: argparse.Namespace) -> None:
     from invdiff.restore import restore
 
@@ -58,7 +99,7 @@ def _cmd_restore(args: argparse.Namespace) -> None:
                       mask_type=args.mask_type, factor=args.factor, steps=args.steps, sigma_y=args.sigma_y,
                       seed=args.seed, label=args.label, model=args.model, resize=args.resize, fmt=args.format,
                       batch_size=args.batch_size, save_measurement=args.save_measurement,
-                      progress=not args.quiet)
+                      overwrite=args.overwrite, progress=not args.quiet)
     print(f"wrote {len(written)} image(s) to {args.out}")
 
 
@@ -102,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at most this many images per compiled call (default: all at once)")
     r.add_argument("--save-measurement", dest="save_measurement", action="store_true",
                    help="also write OUT/<name>.measurement.png, the pseudo-inverse of the measurement")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (default: refuse them before any work)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_restore)
 
@@ -119,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--label", type=int, default=None,
                    help="condition every image on this class id (default: each image's true class)")
+    d.add_argument("--overwrite", action="store_true", help="replace the output files of an earlier demo run")
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser("train", help="train an ADM UNet (resumes from WORKDIR's last checkpoint)")
@@ -137,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--time-limit", dest="time_limit", type=float, help="stop (after a checkpoint) after this many s")
     t.add_argument("--export", help="also write the EMA model as an orbax model directory here")
+    t.add_argument("--overwrite", action="store_true", help="replace the model in an existing --export directory")
     t.set_defaults(func=_cmd_train)
 
     c = sub.add_parser("convert", help="convert a guided-diffusion .pt checkpoint to an orbax model directory")
@@ -148,15 +193,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupted(command: str, e: BaseException) -> int:
+    with contextlib.suppress(OSError):
+        print(f"invdiff {command}".strip() + ": interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
+    return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from invdiff.guard import deferred_interrupts
+
     try:
-        args.func(args)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        print(f"invdiff {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        with deferred_interrupts() as stop:  # the parser imports jax: no KeyboardInterrupt inside that
+            args = build_parser().parse_args(argv)
+            stop.check("nothing was started")
+    except KeyboardInterrupt as e:
+        return _interrupted(next((a for a in (argv or sys.argv[1:]) if not a.startswith("-")), ""), e)
+
+    def one_line(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+        print(f"invdiff {args.command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line
+        try:
+            args.func(args)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            print(f"invdiff {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as e:
+            return _interrupted(args.command, e)
     return 0
 
 

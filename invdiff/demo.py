@@ -79,20 +79,35 @@ def column_names(task: Task, n: int) -> list[str]:
     return [task.name] * n
 
 
+OUTPUT_FILES = ("grid.png", "results.md", "results.csv")
+
+
 def run_demo(out: str | Path = "invdiff-demo", full: bool = False, images: int = 2, seed: int = 0,
              model: Any = None, solvers: list[str] | None = None, progress: bool = True,
-             label: int | None = None) -> Path:
+             label: int | None = None, overwrite: bool = False) -> Path:
     """Run the demo and write ``grid.png``, ``results.md`` and ``results.csv`` into ``out``.
 
     A class-conditional model is conditioned on each image's true category, or on class
-    ``label`` for every image (class-conditional restoration with a chosen class)."""
+    ``label`` for every image (class-conditional restoration with a chosen class).
+    Existing output files are refused before any work unless ``overwrite``. After Ctrl-C the
+    solve in progress finishes, the files are written with the solves done so far, and
+    :class:`invdiff.guard.Interrupted` names the solves not done."""
+    from invdiff.guard import check_outputs, deferred_interrupts
+    from invdiff.images import writable_dir
+
+    out = writable_dir(out)
+    check_outputs([out / f for f in OUTPUT_FILES], overwrite=overwrite)
+    with deferred_interrupts() as stop:
+        return _run_demo(out, full, images, seed, model, solvers, progress, label, stop)
+
+
+def _run_demo(out: Path, full: bool, images: int, seed: int, model: Any, solvers: list[str] | None,
+              progress: bool, label: int | None, stop: Any) -> Path:
     import invdiff
     import solvers as solver_registry
     from invdiff import metrics
     from invdiff.images import atomic_write_bytes, grid, save_image
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     names = solvers or list(DEMO_SETTINGS)
     x_all, labels_all, _ = bundled_samples()
     if not 1 <= images <= len(x_all):
@@ -115,11 +130,18 @@ def run_demo(out: str | Path = "invdiff-demo", full: bool = False, images: int =
     rows: list[dict[str, Any]] = []
     outputs: dict[str, list[np.ndarray]] = {}
     bar = tqdm(total=len(names) * len(tasks), desc="demo", unit="solve", disable=not progress)
+    not_done: list[str] = []
     for name in names:
+        if stop.requested:
+            not_done += [f"{name} · {t.name}" for t in tasks]
+            continue
         cls = solver_registry.get(name)
         solver = cls() if full else cls(**DEMO_SETTINGS.get(name, {}))
         outputs[name] = []
         for task in tasks:
+            if stop.requested:
+                not_done.append(f"{name} · {task.name}")
+                continue
             bar.set_postfix_str(f"{name} · {task.name}")
             y = task.op.A(jnp.asarray(task.x))
             t0 = time.perf_counter()
@@ -147,8 +169,9 @@ def run_demo(out: str | Path = "invdiff-demo", full: bool = False, images: int =
     truth = np.concatenate([t.x for t in tasks])
     meas = np.concatenate([np.asarray(t.op.pinv(t.op.A(jnp.asarray(t.x)))) for t in tasks])
     col_labels = [c for t in tasks for c in column_names(t, images)]
-    img_rows = [list(truth), list(meas)] + [list(np.concatenate(outputs[n])) for n in names]
-    png = grid(img_rows, ["ground truth", "measurement"] + names, col_labels)
+    finished = [n for n in names if len(outputs.get(n, ())) == len(tasks)]  # all, unless interrupted
+    img_rows = [list(truth), list(meas)] + [list(np.concatenate(outputs[n])) for n in finished]
+    png = grid(img_rows, ["ground truth", "measurement"] + finished, col_labels)
     save_image(out / "grid.png", png)
 
     fields = ["solver", "task", "psnr", "ssim", "consistency", "outside_mse", "nfe", "steps", "seconds"]
@@ -172,4 +195,7 @@ def run_demo(out: str | Path = "invdiff-demo", full: bool = False, images: int =
                   f"{om} | {r['nfe']} | {r['seconds']:.1f} |")
     atomic_write_bytes(out / "results.md", ("\n".join(md) + "\n").encode())
     print(f"wrote {out / 'grid.png'}, {out / 'results.md'} and {out / 'results.csv'}")
+    done = len(names) * len(tasks) - len(not_done)
+    stop.check(f"{out}'s grid.png, results.md and results.csv hold the {done} finished solve(s); not done: "
+               f"{', '.join(not_done)}")
     return out

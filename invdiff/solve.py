@@ -12,6 +12,8 @@ them — like a new y, mask, key or label — reuses the compiled program.
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -22,7 +24,7 @@ from flax import struct
 
 from invdiff import noise
 from invdiff.model import Model
-from invdiff.operator import LinearOperator, _bdot, _per_sample
+from invdiff.operator import LinearOperator, PartialIsometry, SVDOperator, _bdot, _per_sample
 from invdiff.schedule import repaint_schedule, transitions
 
 Array = jax.Array
@@ -225,11 +227,14 @@ def trace_count() -> int:
     return _TRACES["count"]
 
 
-_PROGRESS: dict[str, Any] = {"fn": None}
+#: Progress callbacks of the solves in flight, by call id: the id is an operand of the compiled
+#: program (a new callback never recompiles), so concurrent solves never see each other's reports.
+_PROGRESS: dict[int, Callable[[int], None]] = {}
+_CALL_IDS = itertools.count(1)
 
 
-def _report_progress(i: Any) -> None:
-    fn = _PROGRESS["fn"]
+def _report_progress(call_id: Any, i: Any) -> None:
+    fn = _PROGRESS.get(int(call_id))
     if fn is not None:
         fn(int(i))
 
@@ -239,7 +244,7 @@ def progress_interval(length: int) -> int:
     return max(1, length // 100)
 
 
-def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array,
+def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array, call_id: Array,
          save_every: int, progress: bool, sharding: Any) -> tuple[Array, Trajectory | None]:
     _TRACES["count"] += 1
     length = tr[0].shape[0]
@@ -266,7 +271,7 @@ def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array,
             x = jax.lax.with_sharding_constraint(x, sharding)
         if progress:
             report = (i % every == every - 1) | (i == length - 1)
-            jax.lax.cond(report, lambda: jax.debug.callback(_report_progress, i + 1), lambda: None)
+            jax.lax.cond(report, lambda: jax.debug.callback(_report_progress, call_id, i + 1), lambda: None)
         return (x, state, x0), None
 
     carry = (x_init, state, jnp.zeros_like(x_init))
@@ -343,18 +348,55 @@ def _check_static_fields(solver: Solver) -> None:
             raise TypeError(
                 f"{type(solver).__name__} re-declares {f.name!r} as a traced field; declare it static: "
                 f"{f.name}: int = struct.field(pytree_node=False, default=..., kw_only=True)")
+    for name in ("steps", "jump_length", "jump_n_sample"):
+        v = getattr(solver, name)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            what = " (the respaced diffusion steps walked)" if name == "steps" else ""
+            raise ValueError(f"{type(solver).__name__}: {name} must be a positive integer{what}, got {v!r}")
 
 
 def _check_array(name: str, a: Any) -> Array:
     try:
         arr = jnp.asarray(a)
     except TypeError as e:
-        raise TypeError(f"{name} must be an array, got {type(a).__name__}") from e
+        raise TypeError(f"{name} must be an array of floats, got {type(a).__name__}") from e
+    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} is complex ({arr.dtype}); solve works on real arrays: pass the real and imaginary "
+                        f"parts as separate channels, or {name}.real if the imaginary part is noise")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(jnp.float32)
+        raise TypeError(f"{name} has dtype {arr.dtype}, not a float: raw pixel values? Convert to floats in the "
+                        f"model's units first (images: invdiff.images.to_model maps uint8 0..255 to [-1, 1])")
     if not isinstance(arr, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(arr))):
         raise ValueError(f"{name} contains NaN or infinite values; clean or mask them before solving")
     return arr
+
+
+#: y is "far" outside a model's data range (lo, hi) when more than this fraction of A⁺y lies
+#: more than one range width beyond it (outside [-3, 3] for images in [-1, 1]).
+FAR_FRACTION = 0.01
+
+
+def _warn_far_from_data_range(model: Model, op: LinearOperator, y: Array) -> None:
+    """Warn when y cannot come from data in ``model.data_range`` (e.g. raw 0..255 pixels).
+
+    Checked on A⁺y, which for y = A x is the part of x that y determines and so lies in the
+    data's units whatever the operator's scale; only for operators with a closed-form
+    pseudo-inverse (no iterative solve is run for a check). Data in [0, 1] instead of [-1, 1]
+    lies inside the range and is not detected."""
+    closed_form = isinstance(op, (PartialIsometry, SVDOperator)) or getattr(op, "c_value", None) is not None
+    data_range = getattr(model, "data_range", None)
+    if data_range is None or isinstance(y, jax.core.Tracer) or not closed_form:
+        return
+    lo, hi = data_range
+    width = hi - lo
+    x = np.asarray(op.pinv(y))
+    far = float(np.mean((x < lo - width) | (x > hi + width)))
+    if far > FAR_FRACTION:
+        warnings.warn(
+            f"y lies far outside the model's data range [{lo:g}, {hi:g}]: {far:.0%} of A⁺y is beyond "
+            f"[{lo - width:g}, {hi + width:g}] (values from {x.min():.4g} to {x.max():.4g}). Raw pixel values? "
+            f"Scale y to the model's units (images: invdiff.images.to_model maps 0..255 to [-1, 1])",
+            UserWarning, stacklevel=3)
 
 
 def solve(
@@ -380,6 +422,8 @@ def solve(
       solver: e.g. ``DDNM()``; its ``steps``/``jump_*`` fields fix the walk.
       model: anything with ``.schedule`` and ``.eps`` (see :class:`invdiff.model.Model`).
       op: the degradation operator; y has shape (B, *op.y_shape(x_shape)).
+      y: real floats in the model's units (integer and complex y are refused). For models
+        with a ``data_range``, a y that lies far outside it (:data:`FAR_FRACTION`) warns.
       key: a ``jax.random.key``; the same key gives the same result.
       sigma_y: measurement noise standard deviation in model units ([-1, 1] images): 0.05
         here is 0.025 on a [0, 1] scale. Scalar, >= 0.
@@ -392,10 +436,11 @@ def solve(
         ``jax.debug.callback``) with the number of transitions done, about 100 times per walk
         (every :func:`progress_interval` transitions) and at the end; the walk has
         ``len(solver.walk()) - 1`` transitions. Changing the callback does not recompile; None
-        compiles no callback at all.
+        compiles no callback at all. Each call's reports reach its own callback only, also
+        when several threads solve at once (the call's id is an operand of the program).
       clip_x0: clip x̂0 in every step to a (low, high) range, as the reference implementations
-        do for images; None (default) uses the model's ``data_range`` ((-1, 1) for image
-        networks, none for analytic priors), False turns clipping off.
+        do for images; None (default) or True uses the model's ``data_range`` ((-1, 1) for
+        image networks, none for analytic priors), False turns clipping off.
       devices: the devices the batch is split over (data parallel, a 1-D mesh over the batch
         axis); None uses all local devices. The batch goes to the largest number of them that
         divides it (:func:`shard_count`); results equal a one-device solve up to float
@@ -406,6 +451,9 @@ def solve(
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be an invdiff Solver instance (e.g. DDNM()), got {solver!r}")
     _check_static_fields(solver)
+    if model is None or not hasattr(model, "schedule") or not callable(getattr(model, "eps", None)):
+        raise TypeError(f"model must be an invdiff Model (e.g. invdiff.load_model('emoji64')), got "
+                        f"{type(model).__name__}")
     if not isinstance(op, LinearOperator):
         raise TypeError(f"op must be an invdiff LinearOperator, got {type(op).__name__}")
     y = _check_array("y", y)
@@ -418,14 +466,25 @@ def solve(
     batch = int(y.shape[0])
     op.check_batch(batch)
     if label is not None:
+        if not isinstance(label, jax.core.Tracer) and np.asarray(label).dtype.kind not in "biuf":
+            raise TypeError(f"label must hold integer class ids, e.g. jnp.array([3, 3]); got {label!r}")
         label = jnp.asarray(label)
     model.check_input((batch,) + x_shape, label)
-    if clip_x0 is None:
+    if clip_x0 is None or clip_x0 is True:
         x0_range = getattr(model, "data_range", None)
+        if clip_x0 is True and x0_range is None:
+            raise ValueError("clip_x0=True needs a model with a data_range; pass clip_x0=(low, high)")
     elif clip_x0 is False:
         x0_range = None
     else:
-        x0_range = (float(clip_x0[0]), float(clip_x0[1]))
+        try:
+            lo, hi = (float(v) for v in clip_x0)
+        except (TypeError, ValueError):
+            raise TypeError(f"clip_x0 must be None, True, False or (low, high); got {clip_x0!r}") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise ValueError(f"clip_x0 must be a finite range (low, high) with low < high; got {clip_x0!r}")
+        x0_range = (lo, hi)
+    _warn_far_from_data_range(model, op, y)
     problem = Problem(model=model, op=op, y=y, sigma_y=jnp.asarray(sigma_y, jnp.float32), label=label,
                       x0_range=x0_range)
     solver.check(problem)
@@ -452,14 +511,16 @@ def solve(
     tr_arrays = tuple(jnp.asarray(a, jnp.float32) if np.issubdtype(np.asarray(a).dtype, np.floating)
                       else jnp.asarray(a) for a in tr.arrays())
     problem, x_init, sharding = _shard(problem, x_init, batch, x_shape, devices)
-    _PROGRESS["fn"] = progress
+    call_id = next(_CALL_IDS) % 2**31 if progress is not None else 0
+    if progress is not None:
+        _PROGRESS[call_id] = progress
     try:
-        x, traj = _run_jit(solver, problem, tr_arrays, x_init, key, save_every=int(save_every),
-                           progress=progress is not None, sharding=sharding)
+        x, traj = _run_jit(solver, problem, tr_arrays, x_init, key, jnp.asarray(call_id, jnp.int32),
+                           save_every=int(save_every), progress=progress is not None, sharding=sharding)
         if progress is not None:
             x = jax.block_until_ready(x)  # the callbacks must run while this one is registered
     finally:
-        _PROGRESS["fn"] = None
+        _PROGRESS.pop(call_id, None)
     per_call = int(getattr(model, "nfe_per_call", 1))
     return Solution(x=x, nfe=tr.num_down * solver.nfe_per_step * per_call,
                     vjp=tr.num_down * solver.vjp_per_step * per_call, trajectory=traj)

@@ -12,6 +12,7 @@ continues exactly as if it had never stopped. Batches are sharded over all local
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -323,8 +324,13 @@ def train(config: ADMConfig, data: Dataset | str | os.PathLike[str], workdir: st
         mngr.save(step, args=ocp.args.StandardSave(state))
         mngr.wait_until_finished()
 
+    from invdiff.guard import Interrupted, deferred_interrupts
+
+    interrupts = contextlib.ExitStack()
+    stop = interrupts.enter_context(deferred_interrupts())  # Ctrl-C ends the run after a whole step
     try:
         for step in range(start, end):
+            stop.check()
             idx = batch_indices(len(ds.images), tc.batch_size, tc.seed, step)
             x, lab = _device_batch(ds, idx, tc.flip, tc.seed, step, data_sharding)
             state, metrics = step_fn(state, x, lab if config.class_cond else None)
@@ -347,8 +353,10 @@ def train(config: ADMConfig, data: Dataset | str | os.PathLike[str], workdir: st
             save(int(state.step))
         except Exception:  # the state was donated to a step in flight: the last checkpoint stands
             print(f"could not save the interrupted state; resume restarts from step {mngr.latest_step()}")
-        raise
+        raise Interrupted(f"stopped at step {mngr.latest_step()} of {tc.steps}, checkpoint saved in "
+                          f"{workdir / 'ckpt'}; run the same command again to resume") from None
     finally:
+        interrupts.close()
         if bar is not None:
             bar.close()
     if mngr.latest_step() != int(state.step):

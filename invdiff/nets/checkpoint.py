@@ -378,10 +378,15 @@ def load_model(path_or_name: str | os.PathLike[str], preset: str | None = None,
 
     ``dtype`` is the compute dtype (``jnp.bfloat16`` for speed); weights stay float32.
     """
+    if not isinstance(path_or_name, (str, os.PathLike)):
+        raise TypeError(f"load_model takes a .pt file, a model directory or a bundled model name "
+                        f"({', '.join(sorted(BUNDLED))}); got {type(path_or_name).__name__}")
     p = Path(path_or_name)
     text = os.fspath(path_or_name)
     if not p.exists():
         if os.sep not in text and "/" not in text and text in BUNDLED:
+            if preset is not None:
+                raise ValueError(f"{text!r} is a bundled model with its own config: drop preset={preset!r}")
             return _load_dir(Path(BUNDLED[text]), dtype, flags)
         if os.sep not in text and "/" not in text and not p.suffix:
             hint = ""
