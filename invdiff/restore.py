@@ -13,6 +13,12 @@ What an input means, per operator:
 * ``colorize``: a colour or greyscale image; its grey level (the channel mean) is observed.
 * ``sr``: either the low-resolution image itself (size = model size / factor: it *is* the
   measurement) or a full-size image, which is first downsampled (f x f average pooling).
+  ``sr-bicubic``: the same with torch's antialiased bicubic downsampling (the papers' "SR x4").
+* ``deblur-gauss``, ``deblur-uniform``, ``deblur-motion``: the blurred image itself (it is the
+  measurement); the kernels are those of :mod:`operators.named` (the motion one drawn from
+  ``--seed``).
+* ``cs<P>`` (e.g. ``cs25``): a full-size image, of which P % of the Walsh–Hadamard (or DCT)
+  coefficients are measured (the subset drawn from ``--seed``).
 
 ``sigma_y`` is the noise level the solver assumes in the measurement, as a standard deviation
 in model units (images scaled to [-1, 1]; 0.05 = 0.025 of the [0, 1] range ≈ 6.4 grey levels
@@ -22,15 +28,31 @@ of 255). Restore never adds noise itself.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-#: Operators ``restore`` knows; inpainting takes a mask file or a mask family.
-OPERATORS = ("inpaint", "colorize", "sr")
+#: Operators ``restore`` knows (``cs<P>`` takes any percentage P); inpainting takes a mask file or a mask family.
+OPERATORS = ("inpaint", "colorize", "sr", "sr-bicubic", "deblur-gauss", "deblur-uniform", "deblur-motion", "cs25")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Operators whose input may be the low-resolution measurement itself.
+_SR = ("sr", "sr-bicubic")
+
+
+def degradation_name(operator: str, factor: int = 4, mask_type: str | None = None) -> str:
+    """The :func:`operators.named.make` name of a ``restore`` operator; ValueError if unknown."""
+    cs = re.fullmatch(r"cs(\d+)", operator)
+    if operator not in OPERATORS and not (cs and 0 < int(cs.group(1)) <= 100):
+        raise ValueError(f"unknown operator {operator!r}; valid operators: {', '.join(OPERATORS)} "
+                         f"(cs<P> for any percentage P from 1 to 100)")
+    if operator == "inpaint":
+        return "inpaint" if mask_type is None else f"inpaint-{mask_type}"
+    if operator in _SR:
+        return f"sr{int(factor)}" + operator[len("sr"):]
+    return operator
 
 
 def output_paths(inputs: Sequence[Path], out: Path, fmt: str | None) -> list[Path]:
@@ -80,7 +102,8 @@ def restore(
       inputs: PNG or JPEG files. They must have the model's size (64x64 for emoji64) unless
         ``resize`` (bicubic) is set; for ``sr`` a low-resolution input (size / factor) is the
         measurement itself.
-      operator: ``inpaint``, ``colorize`` or ``sr``.
+      operator: ``inpaint``, ``colorize``, ``sr``, ``sr-bicubic``, ``deblur-gauss``,
+        ``deblur-uniform``, ``deblur-motion`` or ``cs<P>`` (see the module docstring).
       solver: a name from ``solvers.SOLVERS`` (default ``ddnm``).
       mask / mask_type: inpainting only, exactly one: a mask image (white = known) or a family
         from ``operators.masks.FAMILIES``.
@@ -107,8 +130,7 @@ def restore(
     # ---- everything that can be checked before loading or computing anything ----------
     if not inputs:
         raise ValueError("no input images given")
-    if operator not in OPERATORS:
-        raise ValueError(f"unknown operator {operator!r}; valid operators: {', '.join(OPERATORS)}")
+    degradation_name(operator)  # ValueError listing the valid names
     solver_registry.get(solver)  # ValueError listing the valid names
     if operator == "inpaint":
         if (mask is None) == (mask_type is None):
@@ -118,7 +140,7 @@ def restore(
             raise ValueError(f"unknown mask type {mask_type!r}; valid types: {', '.join(masks.FAMILIES)}")
     elif mask is not None or mask_type is not None:
         raise ValueError(f"--mask and --mask-type are for inpaint, not {operator}")
-    if operator == "sr" and (int(factor) != factor or factor < 1):
+    if operator in _SR and (int(factor) != factor or factor < 1):
         raise ValueError(f"--factor must be a positive integer, got {factor}")
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
@@ -153,14 +175,15 @@ def restore(
     elif label is not None:
         raise ValueError("this model is not class-conditional: leave out --label")
 
-    low = s // factor if operator == "sr" else None
+    low = s // factor if operator in _SR else None
     xs, given, sizes_in = [], [], []  # given[i]: the input is the low-resolution measurement itself
     for p in paths:
         im = load_image(p)
         h, w = im.shape[:2]
         sizes_in.append((h, w))
-        given.append(operator == "sr" and (h, w) == (low, low) and s % factor == 0)
-        if not given[-1] and (h, w) != (s, s):
+        low_res = operator in _SR and (h, w) == (low, low) and s % factor == 0
+        given.append(low_res or operator.startswith("deblur"))  # the input is y itself
+        if not low_res and (h, w) != (s, s):
             if not resize:
                 sizes = f"{s}x{s}" + (f" (or {low}x{low}, the low-resolution measurement)" if low else "")
                 raise ValueError(f"{p} is {w}x{h} but the model takes {sizes}; resize it or pass --resize")
@@ -176,8 +199,7 @@ def restore(
                 raise ValueError(f"the mask {mask_path} is {mw}x{mh} but the image {p} is {w}x{h}; "
                                  f"give a mask of the image's size")
         mask_arr = np.asarray(masks.from_png(mask_path, size=(s, s)))
-    name = {"inpaint": "inpaint" if mask_type is None else f"inpaint-{mask_type}", "colorize": "colorize",
-            "sr": f"sr{int(factor)}"}[operator]
+    name = degradation_name(operator, factor, mask_type)
     op = named.make(name, (n, s, s, channels), jax.random.key(seed), mask=mask_arr).op
     # y = A x for full-size inputs, in one batched call; a low-resolution sr input is y itself
     full = np.stack([np.zeros((s, s, channels), np.float32) if g else x for x, g in zip(xs, given)])
