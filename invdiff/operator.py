@@ -336,16 +336,16 @@ class Separable(SVDOperator):
         factors = {}
         for axis, m in (("h", self.mh), ("w", self.mw)):
             if isinstance(m, jax.core.Tracer):
-                m = jnp.asarray(m, jnp.float32)
+                m = m.astype(jnp.float32)
                 u, sv, vt = jnp.linalg.svd(m, full_matrices=True)
             else:
                 m = np.asarray(m, np.float64)
                 if m.ndim != 2 or not np.all(np.isfinite(m)):
                     raise ValueError(f"Separable needs finite 2-D matrices, got m{axis} of shape {m.shape}")
                 u, sv, vt = np.linalg.svd(m, full_matrices=True)
-                u, sv, vt = (jnp.asarray(a, jnp.float32) for a in (u, sv, vt))
-            factors.update({f"m{axis}": jnp.asarray(m, jnp.float32), f"u{axis}": u, f"s{axis}": sv,
-                            f"v{axis}": vt.T})
+                # numpy leaves: constants where the operator is built inside a trace (BicubicDownsampling)
+                m, u, sv, vt = (np.asarray(a, np.float32) for a in (m, u, sv, vt))
+            factors.update({f"m{axis}": m, f"u{axis}": u, f"s{axis}": sv, f"v{axis}": vt.T})
         for name, value in factors.items():
             object.__setattr__(self, name, value)
 
