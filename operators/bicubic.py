@@ -119,9 +119,6 @@ class BicubicDownsampling(SVDOperator):
         self._check_size(*x[:2])
         return x
 
-    def input_shape(self) -> tuple[int, ...] | None:
-        return None
-
     def bind(self, x_shape: tuple[int, ...]) -> BicubicDownsampling:
         self.y_shape(tuple(x_shape))
         return self if self.shape is not None else self.replace(shape=tuple(x_shape[:2]))

@@ -96,16 +96,17 @@ def motion_kernel(size: int, intensity: float, key: Array | int) -> np.ndarray:
     u = np.asarray(jax.random.uniform(k_len, (2,)), np.float64)
     max_len = 0.75 * diag * (u[0] + u[1] * intensity**2)
     steps: list[float] = []
-    chunk = 0
-    while sum(steps) < max_len:
+    chunk, total = 0, 0.0
+    while total < max_len:
         if chunk > 10_000:
             raise RuntimeError("motion_kernel: the path did not reach its length; report this key")
         draws = np.asarray(jax.random.beta(jax.random.fold_in(k_steps, chunk), 1.0, 30.0, (256,)), np.float64)
         for step in draws * (1.0 - intensity + eps) * diag:
-            if sum(steps) >= max_len:
+            if total >= max_len:
                 break
             if step < max_len:
                 steps.append(float(step))
+                total += float(step)
         chunk += 1
     n = len(steps)
 
@@ -301,9 +302,6 @@ class Blur(LinearOperator):
     def bind(self, x_shape: tuple[int, ...]) -> Blur:
         self.y_shape(tuple(x_shape))
         return self if self.shape is not None else self.replace(shape=tuple(x_shape[:2]))
-
-    def input_shape(self) -> tuple[int, ...] | None:
-        return None
 
     def _channel_kernel(self) -> Array:
         """The kernel as (kh, kw, C') with C' = 1 (shared) or C."""
