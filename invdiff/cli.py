@@ -117,24 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     from solvers import SOLVERS
 
     r = sub.add_parser(
-        "restore", help="restore your own images (inpainting, colorization, super-resolution)",
+        "restore", help="restore your own images (inpainting, colorization, super-resolution, deblurring, CS)",
         description="Restore PNG/JPEG images with a diffusion prior. Inpainting: the mask says which pixels are "
                     "known (white = known, black = missing). sr: an input of size model/factor is the "
                     "low-resolution measurement itself; a full-size input is downsampled first.")
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG or JPEG images, solved together in one batch")
-    r.add_argument("--operator", required=True, choices=["inpaint", "colorize", "sr"])
+    r.add_argument("--operator", required=True, metavar="NAME",
+                   help="inpaint, colorize, sr (average pooling), sr-bicubic (torch's antialiased bicubic), "
+                        "deblur-gauss, deblur-uniform, deblur-motion (the input is the blurred image), or cs<P> "
+                        "(P%% compressed-sensing measurements of the input, e.g. cs25)")
     r.add_argument("--solver", default="ddnm", help="solver name (default ddnm): " + ", ".join(SOLVERS))
     r.add_argument("--out", required=True, help="output directory; results are OUT/<input name>")
     r.add_argument("--mask", help="inpaint: mask image of the input's size, white = known, black = missing")
     r.add_argument("--mask-type", dest="mask_type",
                    choices=list(masks.FAMILIES),
                    help="inpaint: a generated mask instead of --mask (random ones are drawn from --seed)")
-    r.add_argument("--factor", type=int, default=4, help="sr: downsampling factor (default 4)")
+    r.add_argument("--factor", type=int, default=4, help="sr, sr-bicubic: downsampling factor (default 4)")
     r.add_argument("--steps", type=int, help="respaced diffusion steps (default: the solver's paper setting)")
     r.add_argument("--sigma-y", dest="sigma_y", type=float, default=0.0,
                    help="noise std the solver assumes in the measurement, in model units: images scaled to "
                         "[-1, 1], so 0.05 = 6.4/255 grey levels (default 0)")
-    r.add_argument("--seed", type=int, default=0, help="sampler and random-mask seed (default 0)")
+    r.add_argument("--seed", type=int, default=0,
+                   help="sampler, random-mask, motion-kernel and CS-subset seed (default 0)")
     r.add_argument("--label", type=int, help="class id for a class-conditional model (emoji64: 0-9)")
     r.add_argument("--model", default="emoji64", help="bundled model name or model directory (default emoji64)")
     r.add_argument("--resize", action="store_true", help="resize inputs to the model's size (bicubic)")

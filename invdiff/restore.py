@@ -21,6 +21,12 @@ What an input means, per operator:
 * ``colorize``: a colour or greyscale image; its grey level (the channel mean) is observed.
 * ``sr``: either the low-resolution image itself (size = model size / factor: it *is* the
   measurement) or a full-size image, which is first downsampled (f x f average pooling).
+  ``sr-bicubic``: the same with torch's antialiased bicubic downsampling (the papers' "SR x4").
+* ``deblur-gauss``, ``deblur-uniform``, ``deblur-motion``: the blurred image itself (it is the
+  measurement); the kernels are those of :mod:`operators.named` (the motion one drawn from
+  ``--seed``).
+* ``cs<P>`` (e.g. ``cs25``): a full-size image, of which P % of the Walsh–Hadamard (or DCT)
+  coefficients are measured (the subset drawn from ``--seed``).
 
 ``sigma_y`` is the noise level the solver assumes in the measurement, as a standard deviation
 in model units (images scaled to [-1, 1]; 0.05 = 0.025 of the [0, 1] range ≈ 6.4 grey levels
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,9 +45,24 @@ from typing import Any
 
 import numpy as np
 
-#: Operators ``restore`` knows; inpainting takes a mask file or a mask family.
-OPERATORS = ("inpaint", "colorize", "sr")
+#: Operators ``restore`` knows (``cs<P>`` takes any percentage P); inpainting takes a mask file or a mask family.
+OPERATORS = ("inpaint", "colorize", "sr", "sr-bicubic", "deblur-gauss", "deblur-uniform", "deblur-motion", "cs25")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Operators whose input may be the low-resolution measurement itself.
+_SR = ("sr", "sr-bicubic")
+
+
+def degradation_name(operator: str, factor: int = 4, mask_type: str | None = None) -> str:
+    """The :func:`operators.named.make` name of a ``restore`` operator; ValueError if unknown."""
+    cs = re.fullmatch(r"cs(\d+)", operator)
+    if operator not in OPERATORS and not (cs and 0 < int(cs.group(1)) <= 100):
+        raise ValueError(f"unknown operator {operator!r}; valid operators: {', '.join(OPERATORS)} "
+                         f"(cs<P> for any percentage P from 1 to 100)")
+    if operator == "inpaint":
+        return "inpaint" if mask_type is None else f"inpaint-{mask_type}"
+    if operator in _SR:
+        return f"sr{int(factor)}" + operator[len("sr"):]
+    return operator
 
 
 def output_paths(inputs: Sequence[Path], out: Path, fmt: str | None) -> list[Path]:
@@ -159,8 +181,7 @@ def prepare(
     # ---- everything that can be checked before loading or computing anything ----------
     if not inputs:
         raise ValueError("no input images given")
-    if operator not in OPERATORS:
-        raise ValueError(f"unknown operator {operator!r}; valid operators: {', '.join(OPERATORS)}")
+    degradation_name(operator)  # ValueError listing the valid names
     solver_registry.get(solver)  # ValueError listing the valid names
     if operator == "inpaint":
         if (mask is None) == (mask_type is None):
@@ -170,7 +191,7 @@ def prepare(
             raise ValueError(f"unknown mask type {mask_type!r}; valid types: {', '.join(masks.FAMILIES)}")
     elif mask is not None or mask_type is not None:
         raise ValueError(f"--mask and --mask-type are for inpaint, not {operator}")
-    if operator == "sr" and (int(factor) != factor or factor < 1):
+    if operator in _SR and (int(factor) != factor or factor < 1):
         raise ValueError(f"--factor must be a positive integer, got {factor}")
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
@@ -197,13 +218,13 @@ def prepare(
     if channels != 3:
         raise ValueError(f"restore works on RGB images; this model takes {channels} channels")
     _check_label(cfg, label)
-    low = s // factor if operator == "sr" and s % factor == 0 else None
+    low = s // factor if operator in _SR and s % factor == 0 else None
     xs, given = zip(*(_read_input(p, s, low, resize) for p in paths))
+    given = [g or operator.startswith("deblur") for g in given]  # a blurred input is y itself
     mask_arr = _read_mask(mask_path, paths, s).astype(np.float32) if mask_path is not None else None
 
     n = len(paths)
-    name = {"inpaint": "inpaint" if mask_type is None else f"inpaint-{mask_type}", "colorize": "colorize",
-            "sr": f"sr{int(factor)}"}[operator]
+    name = degradation_name(operator, factor, mask_type)
     op = named.make(name, (n, s, s, channels), jax.random.key(seed), mask=mask_arr).op
     # y = A x for full-size inputs, in one batched call; a low-resolution sr input is y itself
     full = np.stack([np.zeros((s, s, channels), np.float32) if g else x for x, g in zip(xs, given)])
@@ -271,7 +292,8 @@ def restore(
         EXIF orientation is applied). They must have the model's size (64x64 for emoji64)
         unless ``resize`` (bicubic) is set; for ``sr`` a low-resolution input (size / factor)
         is the measurement itself.
-      operator: ``inpaint``, ``colorize`` or ``sr``.
+      operator: ``inpaint``, ``colorize``, ``sr``, ``sr-bicubic``, ``deblur-gauss``,
+        ``deblur-uniform``, ``deblur-motion`` or ``cs<P>`` (see the module docstring).
       solver: a name from ``solvers.SOLVERS`` (default ``ddnm``).
       mask / mask_type: inpainting only, exactly one: a mask image (white = known; grey, or
         colour with equal channels; no transparency) or a family from

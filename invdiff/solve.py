@@ -463,6 +463,7 @@ def solve(
     if sig is not None and (sig.ndim != 0 or not np.isfinite(sig) or sig < 0):
         raise ValueError(f"sigma_y must be a finite scalar >= 0 (model units, [-1, 1] images); got {sigma_y!r}")
     x_shape = tuple(op.x_shape(tuple(y.shape[1:])))
+    op = op.bind(x_shape)  # operators whose SVD depends on the image size learn it here
     batch = int(y.shape[0])
     op.check_batch(batch)
     if label is not None:

@@ -11,10 +11,12 @@ It draws random data and checks, each to ``atol + rtol · scale`` (norms per sam
   and the symmetry of A A⁺ and A⁺ A through <A A⁺ u, v> = <u, A A⁺ v>;
 * ``prox``: for ρ > 0 the gradient Aᵀ(A x − y) + ρ (x − z) vanishes; for ρ = 0 and a
   consistent y, A x = y and x − z is orthogonal to the null space ((I − A⁺A)(x − z) = 0);
-* ``AT_gram_inv``: Aᵀ (r² A Aᵀ + σ² I)⁻¹ y against a dense float64 solve (small problems);
-* a declared partial isometry (``c()``): A Aᵀ A = c A;
+* ``AT_gram_inv``: Aᵀ (r² A Aᵀ + σ² I)⁻¹ y against a dense float64 solve (small problems) and,
+  where an operator has a closed form, against the matrix-free conjugate gradients;
+* declared structure: a partial isometry (``c()`` / ``partial_isometry_c()``): A Aᵀ A = c A;
+  a co-isometry (``coisometry_c()``): A Aᵀ y = c y (which :func:`invdiff.compose` relies on);
 * batches: the Jacobian has no cross-sample blocks (each sample's result depends only on
-  that sample), ``jit`` gives the same results, and applying the operator to the batch equals
+  that sample), and applying the operator to the batch equals
   ``vmap`` over samples of the operator applied to batch-1 slices (per-sample leaves, such
   as per-sample masks, are mapped along: an operator declares them with
   ``per_sample_axes(x_shape, batch)``, see ``operators.Inpainting``);
@@ -22,7 +24,9 @@ It draws random data and checks, each to ``atol + rtol · scale`` (norms per sam
   A = U diag(s) Vᵀ and Aᵀ = V diag(s) Uᵀ, Ut is the adjoint of U, and U is an isometry on
   the support of s.
 
-A failure raises AssertionError naming the property, the error and the tolerance.
+Everything is evaluated inside one compiled program (as solvers run operators), with XLA's
+backend optimisation off (:data:`CHECK_COMPILER_OPTIONS`) to keep compilation short. A failure
+raises AssertionError naming the property, the error and the tolerance.
 """
 
 from __future__ import annotations
@@ -34,12 +38,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invdiff.operator import Composed, LinearOperator, PartialIsometry, SVDOperator
+from invdiff.operator import Composed, ComposedSVD, LinearOperator, SVDOperator
 
 Array = jax.Array
 
 #: Dense float64 reference checks run when B · prod(x_shape) and B · prod(y_shape) are at most this.
 DENSE_LIMIT = 2048
+#: XLA options for the one compiled program of a check: no LLVM optimisation, which halves the
+#: compile time of these tiny programs (the checks compare values, not speed).
+CHECK_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
 def _norms(a: Array) -> np.ndarray:
@@ -83,21 +90,11 @@ def per_sample_axes(op: LinearOperator, x_shape: tuple[int, ...], batch: int):
     are handled here.
     """
     if isinstance(op, Composed):
+        shared = {"svd": None} if isinstance(op, ComposedSVD) else {}  # a Separable: no per-sample leaves
         return op.replace(outer=per_sample_axes(op.outer, op.inner.y_shape(x_shape), batch),
-                          inner=per_sample_axes(op.inner, x_shape, batch))
+                          inner=per_sample_axes(op.inner, x_shape, batch), **shared)
     method: Callable | None = getattr(op, "per_sample_axes", None)
     return method(x_shape, batch) if method is not None else None
-
-
-def _declared_c(op: LinearOperator) -> float | None:
-    if isinstance(op, Composed):
-        return op.c_value
-    if isinstance(op, PartialIsometry):
-        try:
-            return float(op.c())
-        except NotImplementedError:
-            return None
-    return None
 
 
 def _quantities(op: LinearOperator, d: dict, x_shape: tuple[int, ...], batch: int,
@@ -121,8 +118,11 @@ def _quantities(op: LinearOperator, d: dict, x_shape: tuple[int, ...], batch: in
     q.update(xp=xp, at_resid=op.AT(op.A(xp) - y), prox1b=prox1b, x0=x0, ax0=op.A(x0))
     q["mp2"], q["pa_d"] = jax.vmap(op.pinv)(jnp.stack([op.A(py), op.A(x0 - z)]))
     q["aatax"] = op.A(op.AT(ax))
+    q["aaty"] = op.A(aty)
     q["gram"], q["gram0"] = jax.vmap(lambda ss: op.AT_gram_inv(y, r2, ss))(jnp.stack([s2, 0 * s2]))
     q["gram_lhs"] = r2.reshape(bshape) * op.AT(op.A(q["gram"])) + s2.reshape(bshape) * q["gram"]
+    if type(op).AT_gram_inv is not LinearOperator.AT_gram_inv:  # a closed form: against the matrix-free CG
+        q["gram_cg"] = LinearOperator.AT_gram_inv(op, y, r2, s2)
     if dense:
         q["jac"] = jax.jacfwd(op.A)(x)
     axes = per_sample_axes(op, x_shape, batch)
@@ -161,7 +161,8 @@ def check_operator(op: LinearOperator, x_shape: tuple[int, ...], *, batch: int =
     """Check the operator contract of ``op`` on inputs of trailing shape ``x_shape``.
 
     Args:
-      op: the operator (any :class:`~invdiff.operator.LinearOperator`).
+      op: the operator (any :class:`~invdiff.operator.LinearOperator`); it is bound to
+        ``x_shape`` first (:meth:`~invdiff.operator.LinearOperator.bind`), as ``solve`` does.
       x_shape: one input's shape (no batch axis).
       batch: the batch size B; per-sample leaves (masks) must have B entries.
       key: PRNG key for the random test data (default ``jax.random.key(0)``).
@@ -177,6 +178,7 @@ def check_operator(op: LinearOperator, x_shape: tuple[int, ...], *, batch: int =
       AssertionError: naming the property that fails, its error and the tolerance.
     """
     x_shape = tuple(x_shape)
+    op = op.bind(x_shape)
     key = jax.random.key(0) if key is None else key
     chk = _Checker(rtol, atol)
 
@@ -200,19 +202,16 @@ def check_operator(op: LinearOperator, x_shape: tuple[int, ...], *, batch: int =
     n_x, n_y = math.prod(xs), math.prod(ys)
     dense = check_dense and n_x <= DENSE_LIMIT and n_y <= DENSE_LIMIT
 
-    ax_eager = op.A(d["x"])
+    ax_shape = jax.eval_shape(op.A, d["x"]).shape
     aty_shape = jax.eval_shape(op.AT, d["y"]).shape
-    if tuple(ax_eager.shape) != ys or tuple(aty_shape) != xs:
-        raise AssertionError(f"A(x) has shape {tuple(ax_eager.shape)} (expected {ys}) and "
+    if tuple(ax_shape) != ys or tuple(aty_shape) != xs:
+        raise AssertionError(f"A(x) has shape {tuple(ax_shape)} (expected {ys}) and "
                              f"AT(y) {tuple(aty_shape)} (expected {xs})")
-    run = jax.jit(_quantities, static_argnums=(2, 3, 4, 5))
+    run = jax.jit(_quantities, static_argnums=(2, 3, 4, 5), compiler_options=CHECK_COMPILER_OPTIONS)
     q = {k: np.asarray(a, np.float64) for k, a in run(op, d, x_shape, batch, svd, dense).items()}
     x, y, z, u, v, rho, r2, s2 = (np.asarray(d[k], np.float64)
                                   for k in ("x", "y", "z", "u", "v", "rho", "r2", "s2"))
     ax, aty, py = q["ax"], q["aty"], q["py"]
-
-    # ---- jit invariance (A eagerly; the rest only ever runs compiled here) -------------
-    chk.close("jit(A) = A", ax, ax_eager)
 
     # ---- adjoint -----------------------------------------------------------------------
     chk.close("adjoint <Ax,y> = <x,ATy>", _bdot(ax, y), _bdot(x, aty), scale=_norms(ax) * _norms(y),
@@ -241,13 +240,20 @@ def check_operator(op: LinearOperator, x_shape: tuple[int, ...], *, batch: int =
               scale=_norms(dvec) + _norms(z), hint="prox(z, y, 0) is not the point of {Ax = y} nearest z.")
 
     # ---- declared partial isometry -----------------------------------------------------
-    c = _declared_c(op)
+    c = op.partial_isometry_c()
     if c is not None:
         chk.close("partial isometry A AT A = c A", q["aatax"], c * ax,
                   hint=f"the operator declares c = {c:g} but A A^T A != c A.")
+    c = op.coisometry_c()
+    if c is not None:
+        chk.close("co-isometry A AT = c I", q["aaty"], c * y,
+                  hint=f"the operator declares A A^T = {c:g} I, which does not hold.")
 
     # ---- AT_gram_inv, dense references and batch independence --------------------------
     chk.close("AT_gram_inv normal equations", q["gram_lhs"], aty)
+    if "gram_cg" in q:
+        chk.close("AT_gram_inv = matrix-free CG", q["gram"], q["gram_cg"],
+                  hint="the closed form disagrees with conjugate gradients on (r2 AT A + s2 I) z = AT y.")
     if dense:
         jac = q["jac"].reshape(n_y, n_x)
         my, mx = n_y // batch, n_x // batch

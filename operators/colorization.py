@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invdiff.operator import PartialIsometry, SVDOperator
+from invdiff.operator import LinearOperator, PartialIsometry, SVDOperator
 
 Array = jax.Array
 
@@ -38,6 +38,19 @@ class Colorization(PartialIsometry, SVDOperator):
 
     def c(self) -> float:
         return 1.0 / 3.0
+
+    def coisometry_c(self) -> float:
+        return 1.0 / 3.0
+
+    def composed_c(self, inner: LinearOperator) -> float | None:
+        """The channel mean after a mask shared across channels is a partial isometry, c = 1/3:
+        with P/3 = AᵀA (P the per-pixel channel-averaging projector), P commutes with diag(m), so
+        A diag(m) (A diag(m))ᵀ A diag(m) = A (P/3) m m = A m / 3."""
+        from operators.inpainting import Inpainting
+
+        if isinstance(inner, Inpainting) and inner.shared_across_channels():
+            return 1.0 / 3.0
+        return None
 
     @staticmethod
     def _check(v: Array, channels: int, what: str) -> None:

@@ -55,6 +55,15 @@ class Downsampling(PartialIsometry, SVDOperator):
     def c(self) -> float:
         return 1.0 / (self.factor * self.factor)
 
+    def coisometry_c(self) -> float:
+        return self.c()
+
+    def separable_factors(self, x_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """The 1-D averaging matrices (H/f, H) and (W/f, W): pooling is separable."""
+        self._check_image(tuple(x_shape))
+        f = self.factor
+        return tuple(np.kron(np.eye(n // f), np.full((1, f), 1.0 / f)) for n in x_shape[:2])
+
     # ---- shapes ------------------------------------------------------------------------
     def _check_image(self, shape: tuple[int, ...]) -> None:
         f = self.factor

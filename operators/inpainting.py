@@ -24,14 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from invdiff.operator import PartialIsometry, SVDOperator, _per_sample
+from invdiff.operator import LinearOperator, PartialIsometry, SVDOperator, _concrete, _per_sample
 
 Array = jax.Array
-
-
-def _concrete(v) -> bool:
-    """True for a concrete array (not a tracer, not a placeholder leaf from a tree map)."""
-    return isinstance(v, (np.ndarray, jax.Array, list, tuple)) and not isinstance(v, jax.core.Tracer)
 
 
 def validate_mask(mask) -> Array:
@@ -133,6 +128,21 @@ class Inpainting(SVDOperator, PartialIsometry):
     # ---- the partial isometry (c = 1) --------------------------------------------------
     def c(self) -> float:
         return 1.0
+
+    def composed_c(self, inner: LinearOperator) -> float | None:
+        """Two masks are commuting orthogonal projections: their product is one (c = 1)."""
+        return 1.0 if isinstance(inner, Inpainting) else None
+
+    def shared_across_channels(self) -> bool:
+        """True when the mask is known to be the same for every channel (a 2-D or 1-channel mask,
+        or a concrete 3-channel mask whose channels agree)."""
+        m = self.mask
+        if self.broadcast_channels is True or m.ndim == 2 or m.shape[-1] == 1:
+            return True
+        if _concrete(m) and m.shape[-1] == 3:
+            m = np.asarray(m)
+            return bool(np.all(m == m[..., :1]))
+        return False
 
     def A(self, x: Array) -> Array:
         return self._mask_for(x) * x
