@@ -17,7 +17,7 @@ The parts, each usable on its own (the studies build on them):
 * :mod:`invdiff.bench.cells` — :func:`~invdiff.bench.cells.measure` (per-image masks and
   noise from :func:`~invdiff.bench.cells.image_seed`), :func:`~invdiff.bench.cells.solve_each`
   (``solve`` with one key per image: results independent of batching),
-  :func:`~invdiff.bench.cells.run_batch` (degrade, solve, time, score one batch).
+  :func:`~invdiff.bench.cells.run_batch` (solve, time and score one measured batch).
 * :mod:`invdiff.bench.records` — :class:`~invdiff.bench.records.RecordStore` (append with
   fsync, resume, refuse another configuration, one shard per process, merge) and
   :func:`~invdiff.bench.records.read_all`.

@@ -152,10 +152,11 @@ class BatchResult:
     pinv_y: np.ndarray
 
 
-def run_batch(solver_name: str, solver: Any, model: Any, operator: str, x: np.ndarray, ids: Sequence[str],
-              indices: Sequence[int], labels: np.ndarray | None, *, seed: int, metrics: Sequence[str],
-              real: int | None = None, repeat: bool = False, devices: Any = None) -> BatchResult:
-    """Degrade, solve and score one batch ``x`` (B, H, W, C) of images ``ids``.
+def run_batch(solver_name: str, solver: Any, model: Any, m: Measurement, x: np.ndarray, ids: Sequence[str],
+              indices: Sequence[int], labels: np.ndarray | None, *, metrics: Sequence[str], real: int | None = None,
+              repeat: bool = False, devices: Any = None) -> BatchResult:
+    """Solve and score one batch: images ``x`` (B, H, W, C) with ids ``ids``, measured as ``m``
+    (:func:`measure`).
 
     The first ``real`` images are reported (default all; the rest pad the batch to a
     compiled size). ``metrics``: names in :data:`invdiff.metrics.METRICS`. Each result holds
@@ -164,7 +165,6 @@ def run_batch(solver_name: str, solver: Any, model: Any, operator: str, x: np.nd
     the seed, the label and the solver settings.
     """
     real = len(ids) if real is None else int(real)
-    m = measure(operator, x, ids, seed)
     label = None if labels is None else jnp.asarray(labels, jnp.int32)
 
     def call():
@@ -195,7 +195,7 @@ def run_batch(solver_name: str, solver: Any, model: Any, operator: str, x: np.nd
     }
     results = []
     for j in range(real):
-        r = {"solver": solver_name, "operator": operator, "image": ids[j], "index": int(indices[j]),
+        r = {"solver": solver_name, "operator": m.deg.name, "image": ids[j], "index": int(indices[j]),
              "label": None if labels is None else int(labels[j]), "seed": m.seeds[j]}
         r.update({name: float(v[j]) for name, v in scores.items()})
         r.update(common)

@@ -245,20 +245,20 @@ def run_bench(
     store = rec.RecordStore(out, config, process, processes)
     done = store.open()
     _check_settings(done, built, out)
-    todo = {(o, s): [i for i in mine if (s, o, imgs.ids[i]) not in done] for o in op_names for s in sol_names}
-    pending = sorted({i for idx in todo.values() for i in idx})
+    need = {(o, s): {i for i in mine if (s, o, imgs.ids[i]) not in done} for o in op_names for s in sol_names}
+    pending = sorted(set().union(*need.values()))
     imgs.check(pending)  # an unreadable image fails now, not hours later
     if process == 0:
         info = machine_info()
         store.add_run({"started": rec.now(), "solvers": sol_names, "operators": op_names, "images": len(imgs),
                        "processes": processes, "batch_size": batch, "jax": info["jax"], "invdiff": info["invdiff"],
                        "machine": info, "argv": sys.argv[1:]})
-    total = sum(len(v) for v in todo.values())
+    total = sum(len(v) for v in need.values())
     if done:
         print(f"{out}: {len(done)} results found, resuming; {total} to run"
               + (f" on process {process}" if processes > 1 else ""), file=sys.stderr)
 
-    # 4. the grid, batch after batch; every batch's results are on disk before the next starts
+    # 4. batch after batch, every solver on one measurement; each batch's results are on disk before the next
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc="bench" if processes == 1 else f"bench p{process}", unit="image",
@@ -266,19 +266,26 @@ def run_bench(
     finished = 0
     try:
         with deferred_interrupts() as stop:
-            for (op, s), idx in todo.items():
-                for start in range(0, len(idx), batch):
-                    chunk = idx[start:start + batch]
+            for op in op_names:
+                todo = sorted(set().union(*(need[(op, s)] for s in sol_names)))
+                for start in range(0, len(todo), batch):
+                    chunk = todo[start:start + batch]
                     padded = chunk + [chunk[-1]] * (batch - len(chunk))  # one compiled size per cell
-                    bar.set_postfix_str(f"{s} · {op}")
-                    res = cells.run_batch(s, built[s], net, op, imgs.read(padded), [imgs.ids[i] for i in padded],
-                                          padded, None if lab is None else lab[padded], seed=seed,
-                                          metrics=metric_list, real=len(chunk), repeat=repeat)
-                    files = _save_images(out, op, s, res, save_images)
-                    store.append([{**r, "image_file": f} for r, f in zip(res.results, files)])
-                    finished += len(chunk)
-                    bar.update(len(chunk))
-                    stop.check()
+                    ids = [imgs.ids[i] for i in padded]
+                    x = imgs.read(padded)
+                    m = cells.measure(op, x, ids, seed)
+                    for s in sol_names:
+                        keep = [j for j, i in enumerate(chunk) if i in need[(op, s)]]
+                        if not keep:
+                            continue
+                        bar.set_postfix_str(f"{s} · {op}")
+                        res = cells.run_batch(s, built[s], net, m, x, ids, padded, None if lab is None else lab[padded],
+                                              metrics=metric_list, real=len(chunk), repeat=repeat)
+                        files = _save_images(out, op, s, res, save_images)
+                        store.append([{**res.results[j], "image_file": files[j]} for j in keep])
+                        finished += len(keep)
+                        bar.update(len(keep))
+                        stop.check()
     except KeyboardInterrupt:
         bar.close()
         print(f"interrupted: {finished} of {total} results of this run are in {store.path}, {total - finished} are "
