@@ -305,7 +305,7 @@ class Metric:
     jit: bool = True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(metric: Metric) -> Callable[[Restoration], Array]:
     return jax.jit(metric.fn) if metric.jit else metric.fn
 
@@ -348,5 +348,5 @@ def lpips_metric(alexnet_pth: str | os.PathLike[str], lin_pth: str | os.PathLike
 
 
 __all__ = ["DEFAULT_METRICS", "LPIPS_MIN_SIZE", "METRICS", "AlexNetFeatures", "Metric", "Restoration", "change_map",
-           "consistency", "evaluate", "lpips", "lpips_from_weights", "lpips_metric", "lpips_params", "outside_mask_mse", "psnr",
-           "register", "sliced_wasserstein", "ssim"]
+           "consistency", "evaluate", "lpips", "lpips_from_weights", "lpips_metric", "lpips_params", "outside_mask_mse",
+           "psnr", "register", "sliced_wasserstein", "ssim"]

@@ -203,4 +203,5 @@ def run_batch(solver_name: str, solver: Any, model: Any, m: Measurement, x: np.n
     return BatchResult(results, np.asarray(xr)[:real], np.asarray(x)[:real], np.asarray(m.pinv_y)[:real])
 
 
-__all__ = ["BatchResult", "Measurement", "degradation", "image_seed", "measure", "run_batch", "solve_each", "solver_settings"]
+__all__ = ["BatchResult", "Measurement", "degradation", "image_seed", "measure", "run_batch", "solve_each",
+           "solver_settings"]

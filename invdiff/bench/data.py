@@ -213,7 +213,8 @@ def _from_folder(path: Path) -> ImageSet:
     if all(len(r.parts) == 2 for r in rel):  # one sub-folder per class, in sorted order (ImageNet's layout)
         classes = sorted({r.parts[0] for r in rel})
         labels = np.asarray([classes.index(r.parts[0]) for r in rel], np.int32)
-        label_source = f"class sub-folders ({len(classes)}: {', '.join(classes[:3])}{', …' if len(classes) > 3 else ''})"
+        shown = ", ".join(classes[:3]) + (", …" if len(classes) > 3 else "")
+        label_source = f"class sub-folders ({len(classes)}: {shown})"
     return ImageSet(tuple(r.as_posix() for r in rel), str(path.resolve()), labels, label_source, None,
                     lambda i, shape: _read_file(files[i], shape))
 
@@ -267,7 +268,8 @@ def read_labels_csv(path: str | os.PathLike[str], ids: Sequence[str]) -> np.ndar
     with open(p, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.reader(f))
     if not rows or [c.strip().lower() for c in rows[0][:2]] != ["file", "label"]:
-        raise ValueError(f"{p}: the first line must be the header 'file,label', got {','.join(rows[0]) if rows else 'an empty file'}")
+        got = ",".join(rows[0]) if rows else "an empty file"
+        raise ValueError(f"{p}: the first line must be the header 'file,label', got {got}")
     table: dict[str, int] = {}
     for n, row in enumerate(rows[1:], start=2):
         if not row or not "".join(row).strip():

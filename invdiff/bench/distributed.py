@@ -13,7 +13,8 @@ import jax
 
 #: Environment variables that mean "launched as one of several processes" (jax.distributed finds
 #: the coordinator, the process count and the process id from them).
-_LAUNCHERS = {"SLURM": ("SLURM_NTASKS", "SLURM_STEP_NODELIST"), "Open MPI": ("OMPI_COMM_WORLD_SIZE", "OMPI_MCA_orte_hnp_uri")}
+_LAUNCHERS = {"SLURM": ("SLURM_NTASKS", "SLURM_STEP_NODELIST"),
+              "Open MPI": ("OMPI_COMM_WORLD_SIZE", "OMPI_MCA_orte_hnp_uri")}
 
 
 def detected_launcher() -> str | None:

@@ -123,7 +123,8 @@ def summarize(results: Sequence[dict], metrics: Sequence[str], operators: Sequen
 
 def fields(metrics: Sequence[str]) -> list[str]:
     """results.csv columns."""
-    return (["solver", "operator", "sigma_y", "steps", "n", "nfe", "vjp"] + [c for m in metrics for c in (m, f"{m}_ci95")]
+    return (["solver", "operator", "sigma_y", "steps", "n", "nfe", "vjp"]
+            + [c for m in metrics for c in (m, f"{m}_ci95")]
             + ["seconds_per_image", "seconds_per_image_ci95", "compile_seconds", "images_per_second"])
 
 
@@ -191,7 +192,8 @@ def write_tables(out: Path, meta: dict, rows: list[dict]) -> None:
     ]
     labels = [registry.METRICS[m].label if m in registry.METRICS else m for m in names]
     specs = [registry.METRICS[m].fmt if m in registry.METRICS else ".4g" for m in names]
-    md += ["| solver | operator | σ_y | n | NFE | VJP | " + " | ".join(labels) + " | s/image | compile (s) | images/s |",
+    md += ["| solver | operator | σ_y | n | NFE | VJP | " + " | ".join(labels)
+           + " | s/image | compile (s) | images/s |",
            "|---|---|---|---|---|---|" + "---|" * (len(names) + 3)]
     for r in rows:
         md.append(f"| {r['solver']} | {r['operator']} | {r['sigma_y']:g} | {r['n']} | {r['nfe']} | {r['vjp']} | "

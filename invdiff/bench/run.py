@@ -196,7 +196,6 @@ def run_bench(
     ``{"metadata": ..., "rows": [...]}`` (``results.json``) on process 0.
     """
     import solvers as solver_registry
-
     from invdiff.guard import check_outputs, deferred_interrupts
     from invdiff.images import writable_dir
 
