@@ -183,7 +183,8 @@ def _bundled() -> ImageSet:
     from invdiff.demo import bundled_samples
 
     x, labels, names = bundled_samples()
-    return _from_array(x, labels, names, "bundled emoji64 validation images", "the bundled labels")
+    rgb = np.round((x + 1.0) * 127.5).astype(np.uint8)  # the files' bytes: resized like any image for other models
+    return _from_array(rgb, labels, names, "bundled emoji64 validation images", "the bundled labels")
 
 
 def _from_npz(path: Path) -> ImageSet:

@@ -167,6 +167,7 @@ class RecordStore:
         self.config = jsonable(config)
         self.process, self.processes = int(process), int(processes)
         self.path = self.out / RECORDS if self.processes == 1 else shard_path(self.out, self.process)
+        self.written = 0  # results appended by this store
 
     def open(self) -> dict[Key, dict]:
         """Check, repair and start this process's file; returns the results done, by key."""
@@ -203,6 +204,7 @@ class RecordStore:
     def append(self, results: Sequence[dict]) -> None:
         """Append results (``kind`` is added), flushed to disk before returning."""
         self._write({"kind": "result", **r} for r in results)
+        self.written += len(results)
 
     def add_run(self, run: dict) -> None:
         """Record one invocation in ``records.jsonl`` (process 0; after :meth:`open`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -138,6 +139,129 @@ def _save_images(out: Path, operator: str, solver: str, res: cells.BatchResult, 
     return paths
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A checked run: what :func:`prepare` found, before any directory is touched or anything compiled.
+
+    ``solvers``: built solvers by name; ``operators``: names; ``images`` / ``labels``: the
+    data at the model's size and the labels passed to it (None: unconditional); ``metrics``:
+    names; ``config``: what identifies the run's results; ``share``: this process's image
+    indices; ``batch``: images per compiled call.
+    """
+
+    solvers: dict[str, Any]
+    operators: list[str]
+    images: ImageSet
+    labels: np.ndarray | None
+    model: Any
+    metrics: list[str]
+    config: dict
+    share: list[int]
+    batch: int
+    seed: int
+    repeat: bool
+
+
+def prepare(solvers: str | Sequence[str], operators: str | Sequence[str], *, data: Any = None, labels: Any = None,
+            label: int | None = None, limit: int | None = None, batch_size: int | None = None,
+            steps: int | None = None, seed: int = 0, model: Any = None, preset: str | None = None,
+            flags: dict[str, Any] | None = None, metrics: Sequence[str] | None = None,
+            lpips_weights: Sequence[str] | None = None, repeat: bool = False) -> Setup:
+    """Check every argument, open the data, load the model, resolve the labels and check every
+    solver on every operator (see :func:`run_bench` for the arguments): the errors a long run
+    would hit, before any compilation."""
+    import solvers as solver_registry
+
+    sol_names = solver_names(solvers)
+    op_names = names(operators)
+    if not op_names:
+        from operators import named
+
+        raise ValueError(f"no operators given; valid names: {named.valid_names()}")
+    if steps is not None and (int(steps) != steps or steps < 1):
+        raise ValueError(f"steps must be a positive integer, or None for each paper's defaults; got {steps!r}")
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    metric_list = metric_names(metrics, lpips_weights)
+
+    imgs = open_images(data, labels)
+    imgs = imgs.take(BUNDLED_LIMIT if limit is None and data is None else limit)
+    net, model_id = models.load(model, preset, flags)
+    imgs = imgs.at_size(models.image_shape(net) or imgs.shape)
+    lab, labels_desc = models.resolve_labels(net, imgs, label, labels_given=labels is not None)
+    built = {n: solver_registry.make(n, steps) for n in sol_names}
+    _check_cells(net, built, op_names, imgs, lab, seed)
+
+    mine = distributed.share(len(imgs), jax.process_index(), jax.process_count())
+    ndev = len(jax.local_devices())
+    batch = max(1, min(batch_size or BATCH_PER_DEVICE * ndev, -(-max(len(mine), 1) // ndev) * ndev))
+    config = {
+        "model": model_id, "data": imgs.source, "labels": labels_desc, "image_shape": list(imgs.shape),
+        "steps": steps, "seed": int(seed), "metrics": metric_list, "repeat": bool(repeat),
+        "lpips_weights": [_file_id(w) for w in lpips_weights] if lpips_weights else None,
+    }
+    return Setup(built, op_names, imgs, lab, net, metric_list, config, mine, batch, int(seed), bool(repeat))
+
+
+def open_run(setup: Setup, out: Path, overwrite: bool = False) -> tuple[rec.RecordStore, dict, dict]:
+    """Guard the user's files, open this process's records and find what is left:
+    ``(store, done, need)``, ``need[(operator, solver)]`` the set of image indices to run."""
+    from invdiff.guard import check_outputs
+    from invdiff.images import writable_dir
+
+    process, processes = jax.process_index(), jax.process_count()
+    if not rec.record_files(out) and process == 0:
+        theirs = rep.report_outputs(out, setup.operators) + [out / "images"]
+        check_outputs([p for p in theirs if p.exists()], overwrite=overwrite)
+    writable_dir(out)
+    store = rec.RecordStore(out, setup.config, process, processes)
+    done = store.open()
+    _check_settings(done, setup.solvers, out)
+    ids = setup.images.ids
+    need = {(o, s): {i for i in setup.share if (s, o, ids[i]) not in done}
+            for o in setup.operators for s in setup.solvers}
+    setup.images.check(sorted(set().union(*need.values())))  # an unreadable image fails now, not hours later
+    if process == 0:
+        info = machine_info()
+        store.add_run({"started": rec.now(), "solvers": list(setup.solvers), "operators": setup.operators,
+                       "images": len(setup.images), "processes": processes, "batch_size": setup.batch,
+                       "jax": info["jax"], "invdiff": info["invdiff"], "machine": info, "argv": sys.argv[1:]})
+    return store, done, need
+
+
+def run_batches(setup: Setup, store: rec.RecordStore, need: dict, out: Path, stop: Any = None,
+                save_images: bool = False, bar: Any = None) -> int:
+    """Every operator, batch after batch, every solver on one measurement of the batch; each
+    batch's results are on disk (and ``stop.check()`` called) before the next. Returns the
+    number of results written (``store.written`` counts them also when interrupted)."""
+    imgs, finished = setup.images, 0
+    for op in setup.operators:
+        todo = sorted(set().union(*(need[(op, s)] for s in setup.solvers)))
+        for start in range(0, len(todo), setup.batch):
+            chunk = todo[start:start + setup.batch]
+            padded = chunk + [chunk[-1]] * (setup.batch - len(chunk))  # one compiled size per cell
+            ids = [imgs.ids[i] for i in padded]
+            x = imgs.read(padded)
+            m = cells.measure(op, x, ids, setup.seed)
+            for s, solver in setup.solvers.items():
+                keep = [j for j, i in enumerate(chunk) if i in need[(op, s)]]
+                if not keep:
+                    continue
+                if bar is not None:
+                    bar.set_postfix_str(f"{s} · {op}")
+                res = cells.run_batch(s, solver, setup.model, m, x, ids, padded,
+                                      None if setup.labels is None else setup.labels[padded], metrics=setup.metrics,
+                                      real=len(chunk), repeat=setup.repeat)
+                files = _save_images(out, op, s, res, save_images)
+                store.append([{**res.results[j], "image_file": files[j]} for j in keep])
+                finished += len(keep)
+                if bar is not None:
+                    bar.update(len(keep))
+                if stop is not None:
+                    stop.check()
+    return finished
+
+
 def run_bench(
     solvers: str | Sequence[str] = DEFAULT_SOLVERS,
     operators: str | Sequence[str] = DEFAULT_OPERATORS,
@@ -195,112 +319,45 @@ def run_bench(
     batch in flight is recorded (KeyboardInterrupt). Returns the table as
     ``{"metadata": ..., "rows": [...]}`` (``results.json``) on process 0.
     """
-    import solvers as solver_registry
-    from invdiff.guard import check_outputs, deferred_interrupts
-    from invdiff.images import writable_dir
+    from tqdm.auto import tqdm
 
-    # 1. everything checkable from the arguments alone
-    sol_names = solver_names(solvers)
-    op_names = names(operators)
-    if not op_names:
-        from operators import named
+    from invdiff.guard import deferred_interrupts
 
-        raise ValueError(f"no operators given; valid names: {named.valid_names()}")
-    if steps is not None and (int(steps) != steps or steps < 1):
-        raise ValueError(f"steps must be a positive integer, or None for each paper's defaults; got {steps!r}")
-    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
-        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
     if images is not None:
         if limit is not None:
             raise ValueError("give limit or its older name images, not both")
         limit = images
-    metric_list = metric_names(metrics, lpips_weights)
-
-    # 2. data, model, labels: errors before anything is compiled
-    imgs = open_images(data, labels)
-    imgs = imgs.take(BUNDLED_LIMIT if limit is None and data is None else limit)
-    net, model_id = models.load(model, preset, flags)
-    imgs = imgs.at_size(models.image_shape(net) or imgs.shape)
-    lab, labels_desc = models.resolve_labels(net, imgs, label, labels_given=labels is not None)
-    built = {n: solver_registry.make(n, steps) for n in sol_names}
-    process, processes = jax.process_index(), jax.process_count()
-    mine = distributed.share(len(imgs), process, processes)
-    ndev = len(jax.local_devices())
-    batch = batch_size or BATCH_PER_DEVICE * ndev
-    batch = max(1, min(batch, -(-max(len(mine), 1) // ndev) * ndev))
-    _check_cells(net, built, op_names, imgs, lab, seed)
-
-    # 3. the run directory: the user's files are safe, records resume
+    setup = prepare(solvers, operators, data=data, labels=labels, label=label, limit=limit, batch_size=batch_size,
+                    steps=steps, seed=seed, model=model, preset=preset, flags=flags, metrics=metrics,
+                    lpips_weights=lpips_weights, repeat=repeat)
     out = Path(out)
-    config = {
-        "model": model_id, "data": imgs.source, "labels": labels_desc, "image_shape": list(imgs.shape),
-        "steps": steps, "seed": int(seed), "metrics": metric_list, "repeat": bool(repeat),
-        "lpips_weights": [_file_id(w) for w in lpips_weights] if lpips_weights else None,
-    }
-    if not rec.record_files(out) and process == 0:
-        theirs = rep.report_outputs(out, op_names) + [out / "images"]
-        check_outputs([p for p in theirs if p.exists()], overwrite=overwrite)
-    writable_dir(out)
-    store = rec.RecordStore(out, config, process, processes)
-    done = store.open()
-    _check_settings(done, built, out)
-    need = {(o, s): {i for i in mine if (s, o, imgs.ids[i]) not in done} for o in op_names for s in sol_names}
-    pending = sorted(set().union(*need.values()))
-    imgs.check(pending)  # an unreadable image fails now, not hours later
-    if process == 0:
-        info = machine_info()
-        store.add_run({"started": rec.now(), "solvers": sol_names, "operators": op_names, "images": len(imgs),
-                       "processes": processes, "batch_size": batch, "jax": info["jax"], "invdiff": info["invdiff"],
-                       "machine": info, "argv": sys.argv[1:]})
+    process, processes = jax.process_index(), jax.process_count()
+    store, done, need = open_run(setup, out, overwrite)
     total = sum(len(v) for v in need.values())
     if done:
         print(f"{out}: {len(done)} results found, resuming; {total} to run"
               + (f" on process {process}" if processes > 1 else ""), file=sys.stderr)
-
-    # 4. batch after batch, every solver on one measurement; each batch's results are on disk before the next
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=total, desc="bench" if processes == 1 else f"bench p{process}", unit="image",
                disable=not progress)
-    finished = 0
     try:
         with deferred_interrupts() as stop:
-            for op in op_names:
-                todo = sorted(set().union(*(need[(op, s)] for s in sol_names)))
-                for start in range(0, len(todo), batch):
-                    chunk = todo[start:start + batch]
-                    padded = chunk + [chunk[-1]] * (batch - len(chunk))  # one compiled size per cell
-                    ids = [imgs.ids[i] for i in padded]
-                    x = imgs.read(padded)
-                    m = cells.measure(op, x, ids, seed)
-                    for s in sol_names:
-                        keep = [j for j, i in enumerate(chunk) if i in need[(op, s)]]
-                        if not keep:
-                            continue
-                        bar.set_postfix_str(f"{s} · {op}")
-                        res = cells.run_batch(s, built[s], net, m, x, ids, padded, None if lab is None else lab[padded],
-                                              metrics=metric_list, real=len(chunk), repeat=repeat)
-                        files = _save_images(out, op, s, res, save_images)
-                        store.append([{**res.results[j], "image_file": files[j]} for j in keep])
-                        finished += len(keep)
-                        bar.update(len(keep))
-                        stop.check()
+            finished = run_batches(setup, store, need, out, stop, save_images, bar)
     except KeyboardInterrupt:
         bar.close()
-        print(f"interrupted: {finished} of {total} results of this run are in {store.path}, {total - finished} are "
-              f"not; run the same command again to finish", file=sys.stderr)
-        if processes == 1 and finished + len(done):
+        n = store.written
+        print(f"interrupted: {n} of {total} results of this run are in {store.path}, {total - n} are not; run the "
+              f"same command again to finish", file=sys.stderr)
+        if processes == 1 and n + len(done):
             rep.write_report(out, plots=plots)
         raise
     bar.close()
 
-    # 5. process 0 merges the shards and writes the tables
-    distributed.barrier("invdiff-bench-done")
+    distributed.barrier("invdiff-bench-done")  # process 0 merges the shards and writes the tables
     if process != 0:
         return {"metadata": {"process": process, "results": finished}, "rows": []}
-    store.merge(op_names, sol_names)
+    store.merge(setup.operators, list(setup.solvers))
     return rep.write_report(out, plots=plots)
 
 
-__all__ = ["BATCH_PER_DEVICE", "BUNDLED_LIMIT", "DEFAULT_OPERATORS", "DEFAULT_SOLVERS", "metric_names", "names",
-           "run_bench", "solver_names"]
+__all__ = ["BATCH_PER_DEVICE", "BUNDLED_LIMIT", "DEFAULT_OPERATORS", "DEFAULT_SOLVERS", "Setup", "metric_names",
+           "names", "open_run", "prepare", "run_batches", "run_bench", "solver_names"]
