@@ -243,10 +243,13 @@ def test_a_killed_run_loses_at_most_its_batch_and_resumes(tmp_path, monkeypatch)
     assert 3 <= len(done) < 400
     counter = _Counting()
     _run(out, monkeypatch, counter, solvers=["ddnm"], operators=["inpaint-box"], data=data, batch_size=1,
-         limit=len(done) + 2, plots=False)
+         limit=len(done) + 2, plots=False, save_images=True)
     assert len(counter.batches) == 2
-    keys = [records.key(r) for r in _results(out)]
+    results = _results(out)
+    keys = [records.key(r) for r in results]
     assert len(keys) == len(set(keys)) >= len(done) + 2
+    for r in results[-2:]:  # --save-images: every restoration of this run, beyond the grid's first images
+        assert r["index"] >= 3 and (out / r["image_file"]).is_file()
 
 
 def test_ctrl_c_stops_after_the_batch_is_recorded(small_run, tmp_path, monkeypatch, capfd):

@@ -37,6 +37,18 @@ def test_lpips_matches_the_reference(lpips_fixture):
     np.testing.assert_allclose(layers.sum(axis=1), lpips_fixture["d_96x80"], atol=1e-5, rtol=0)
 
 
+def test_the_bench_reports_lpips_with_weights(lpips_fixture):
+    from invdiff.bench.run import metric_names
+
+    assert metric_names(["psnr"], (ALEX, LIN)) == ["psnr", "lpips"]
+    x, y = jnp.asarray(lpips_fixture["x0_64"]), jnp.asarray(lpips_fixture["x1_64"])
+    op = invdiff.LinearFunction(lambda v: v, (64, 64, 3))
+    out = metrics.evaluate([metrics.METRICS["lpips"]], metrics.Restoration(x=x, ref=y, op=op, y=y))
+    np.testing.assert_allclose(out["lpips"], lpips_fixture["d_64"], atol=1e-5)
+    with pytest.raises(ValueError, match="two files"):
+        metric_names(None, (ALEX,))
+
+
 def test_lpips_refuses_swapped_files_and_tiny_images(lpips_fixture):
     with pytest.raises(ValueError, match="AlexNet .pth first"):
         metrics.lpips_from_weights(LIN, ALEX)

@@ -5,7 +5,10 @@
 ``OUT/records.jsonl``; the tables, plots and grids are rebuilt from those lines alone
 (``invdiff bench --report OUT``). A rerun of the same command skips what is done.
 
-The parts, each usable on its own (the studies build on them):
+:func:`run_bench` is :func:`~invdiff.bench.run.prepare` (every check, before compiling: a
+:class:`~invdiff.bench.run.Setup`), :func:`~invdiff.bench.run.open_run` (the user's files
+guarded, records opened, what is left) and :func:`~invdiff.bench.run.run_batches`, then the
+merge and the report. The parts, each usable on its own (the studies build on them):
 
 * :mod:`invdiff.bench.data` — :func:`~invdiff.bench.data.open_images` (a folder, an ``.npz``,
   an array or the bundled set) returns an :class:`~invdiff.bench.data.ImageSet`: stable ids,

@@ -210,9 +210,10 @@ def open_run(setup: Setup, out: Path, overwrite: bool = False) -> tuple[rec.Reco
     from invdiff.images import writable_dir
 
     process, processes = jax.process_index(), jax.process_count()
-    if not rec.record_files(out) and process == 0:
+    if not rec.record_files(out):  # every process decides alike, before any of them writes a file
         theirs = rep.report_outputs(out, setup.operators) + [out / "images"]
         check_outputs([p for p in theirs if p.exists()], overwrite=overwrite)
+    distributed.barrier("invdiff-bench-start")
     writable_dir(out)
     store = rec.RecordStore(out, setup.config, process, processes)
     done = store.open()
