@@ -117,6 +117,7 @@ def test_one_record_per_image_and_the_tables(small_run):
         assert float(row["psnr_ci95"]) == pytest.approx(4.303 * v.std(ddof=1) / math.sqrt(3), rel=1e-3)
     md = (out / "results.md").read_text()
     assert "jax " + jax.__version__ in md and "seed 0" in md and "steps: 3" in md and "INCOMPLETE" not in md
+    assert "LPIPS: not measured (give --lpips-weights" in md
     assert md.count("| ddnm | ") == len(OPS)
     assert res["rows"][0]["psnr"] == pytest.approx(float(rows[0]["psnr"]), rel=1e-5)
 

@@ -31,6 +31,8 @@ from invdiff.images import atomic_write_bytes
 
 #: Images per grid.
 GRID_IMAGES = 4
+#: What the run and the report say when LPIPS is not measured.
+LPIPS_SKIPPED = "not measured (give --lpips-weights ALEXNET.pth,LIN.pth: torchvision's AlexNet and lpips' alex.pth)"
 
 UNITS = (
     "Values are mean ± half-width of the 95 % confidence interval over the n images (Student t, n − 1 degrees of "
@@ -184,6 +186,7 @@ def write_tables(out: Path, meta: dict, rows: list[dict]) -> None:
         f"- data: {config['data']}; labels: {config['labels']}",
         f"- steps: {'each paper’s defaults' if steps is None else steps}; seed {config['seed']}; timing: "
         + ("repeat (second call timed)" if config.get("repeat") else "single call, compile time subtracted"),
+        *([] if "lpips" in names else [f"- LPIPS: {LPIPS_SKIPPED}"]),
         f"- results: {meta['results']}" + ("" if meta["complete"] else
                                           f" — INCOMPLETE: {meta['done']} of {meta['planned']} of the last run"),
         "",
@@ -303,5 +306,5 @@ def write_report(out: str | Path, plots: bool = True) -> dict:
     return {"metadata": meta, "rows": rows}
 
 
-__all__ = ["GRID_IMAGES", "UNITS", "fields", "image_path", "mean_ci", "metadata", "plot_quality", "report_outputs",
+__all__ = ["GRID_IMAGES", "LPIPS_SKIPPED", "UNITS", "fields", "image_path", "mean_ci", "metadata", "plot_quality", "report_outputs",
            "summarize", "t975", "write_grid", "write_report", "write_tables"]

@@ -333,6 +333,8 @@ def run_bench(
                     lpips_weights=lpips_weights, repeat=repeat)
     out = Path(out)
     process, processes = jax.process_index(), jax.process_count()
+    if "lpips" not in setup.metrics and process == 0:
+        print(f"LPIPS: {rep.LPIPS_SKIPPED}", file=sys.stderr)
     store, done, need = open_run(setup, out, overwrite)
     total = sum(len(v) for v in need.values())
     if done:
