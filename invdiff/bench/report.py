@@ -306,5 +306,5 @@ def write_report(out: str | Path, plots: bool = True) -> dict:
     return {"metadata": meta, "rows": rows}
 
 
-__all__ = ["GRID_IMAGES", "LPIPS_SKIPPED", "UNITS", "fields", "image_path", "mean_ci", "metadata", "plot_quality", "report_outputs",
-           "summarize", "t975", "write_grid", "write_report", "write_tables"]
+__all__ = ["GRID_IMAGES", "LPIPS_SKIPPED", "UNITS", "fields", "image_path", "mean_ci", "metadata", "plot_quality",
+           "report_outputs", "summarize", "t975", "write_grid", "write_report", "write_tables"]
