@@ -6,8 +6,8 @@ writes:
 * ``results.md`` / ``results.csv`` / ``results.json`` — one row per (solver, operator): the
   number of images n, NFE/VJP, every metric's mean ± the half-width of its 95 % confidence
   interval (Student t with n − 1 degrees of freedom over the images; – for n = 1), seconds per
-  image (mean ± CI), total compile seconds and images per second; the header names the
-  machines, the model, the data, the steps and the seed;
+  image, total compile seconds and images per second; the header names the machines, the
+  model, the data, the steps and the seed;
 * ``quality_<operator>.png`` — PSNR (and LPIPS when measured) against NFE and against seconds
   per image, one point per solver with its 95 % CI;
 * ``grid_<operator>.png`` — ground truth, A⁺y and each solver's restoration for the first
@@ -42,8 +42,9 @@ UNITS = (
     "measurement noise, so noisy rows cannot reach 0). outside MSE = mean squared change of the KNOWN pixels, "
     "Σ m (x - x_true)^2 / Σ m, in squared model units (divide by 4 for a [0, 1] scale); – for non-inpainting "
     "operators. NFE / VJP = network forward passes / vector-Jacobian products per image. s/image = wall seconds of "
-    "a batch's solve, compile time subtracted (with --repeat: of a second, compiled call), over its images; "
-    "compile = seconds spent tracing and compiling, summed over the cell's batches; images/s = n / Σ seconds. "
+    "a batch's solve, compile time subtracted (with --repeat: of a second, compiled call), over its images, "
+    "averaged over the cell (no CI: the images of a batch share one time); compile = seconds spent tracing and "
+    "compiling, summed over the cell's batches; images/s = 1 / (s/image). "
     "σ_y = measurement noise std in model units. Non-finite values are left out of means (n counts them)."
 )
 
@@ -115,9 +116,9 @@ def summarize(results: Sequence[dict], metrics: Sequence[str], operators: Sequen
                                "n": len(rs), "nfe": rs[0]["nfe"], "vjp": rs[0]["vjp"]}
         for m in metrics:
             row[m], row[f"{m}_ci95"], _ = mean_ci([r.get(m) for r in rs])
-        row["seconds_per_image"], row["seconds_per_image_ci95"], _ = mean_ci([r["seconds"] for r in rs])
-        row["compile_seconds"] = float(sum(r["compile_seconds"] for r in rs))
         total = sum(r["seconds"] for r in rs)
+        row["seconds_per_image"] = total / len(rs)
+        row["compile_seconds"] = float(sum(r["compile_seconds"] for r in rs))
         row["images_per_second"] = len(rs) / total if total > 0 else math.nan
         rows.append(row)
     return rows
@@ -127,7 +128,7 @@ def fields(metrics: Sequence[str]) -> list[str]:
     """results.csv columns."""
     return (["solver", "operator", "sigma_y", "steps", "n", "nfe", "vjp"]
             + [c for m in metrics for c in (m, f"{m}_ci95")]
-            + ["seconds_per_image", "seconds_per_image_ci95", "compile_seconds", "images_per_second"])
+            + ["seconds_per_image", "compile_seconds", "images_per_second"])
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -201,7 +202,7 @@ def write_tables(out: Path, meta: dict, rows: list[dict]) -> None:
     for r in rows:
         md.append(f"| {r['solver']} | {r['operator']} | {r['sigma_y']:g} | {r['n']} | {r['nfe']} | {r['vjp']} | "
                   + " | ".join(_pm(r, m, s) for m, s in zip(names, specs))
-                  + f" | {_pm(r, 'seconds_per_image', '.3g')} | {_fmt(r['compile_seconds'], '.1f')} | "
+                  + f" | {_fmt(r['seconds_per_image'], '.3g')} | {_fmt(r['compile_seconds'], '.1f')} | "
                   f"{_fmt(r['images_per_second'], '.3g')} |")
     atomic_write_bytes(out / "results.md", ("\n".join(md) + "\n").encode())
 
