@@ -412,6 +412,11 @@ WORKER = textwrap.dedent("""
     op = Inpainting(masks.by_name("random", jax.random.key(2), 8, 8, n=4)[..., None])
     spread = invdiff.solve(DDNM(steps=3), PRIOR, op, op.A(x), key=jax.random.key(3), devices=jax.devices())
     mine = {s.index[0].start: np.asarray(s.data)[0].tolist() for s in spread.x.addressable_shards}
+    try:  # one image cannot cover the devices of both processes
+        invdiff.solve(DDNM(steps=3), PRIOR, Inpainting(op.mask[0]), x[:1], key=jax.random.key(3), devices=jax.devices())
+        refused = ""
+    except ValueError as e:
+        refused = str(e)
     from invdiff.bench import run_bench
     run_bench(["ddnm"], ["inpaint-thick-noisy"], data=data, model=PRIOR, steps=3, batch_size=2, out=out,
               progress=False, plots=False)
@@ -419,7 +424,8 @@ WORKER = textwrap.dedent("""
     if process == 0:  # the same solve on one device
         one = np.asarray(invdiff.solve(DDNM(steps=3), PRIOR, op, op.A(x), key=jax.random.key(3),
                                        devices=jax.local_devices()[:1]).x).tolist()
-    print("RESULT" + json.dumps({"rows": mine, "devices": len(spread.x.sharding.device_set), "one": one}))
+    print("RESULT" + json.dumps({"rows": mine, "devices": len(spread.x.sharding.device_set), "one": one,
+                                 "refused": refused}))
 """)
 
 
@@ -448,6 +454,7 @@ def test_two_processes_equal_one(small_run, tmp_path):
     res = [json.loads(next(ln for ln in o.splitlines() if ln.startswith("RESULT"))[6:]) for o, _ in outs]
 
     assert all(r["devices"] == 4 for r in res)  # the batch of 4 on all four devices, two rows per process
+    assert all("leaving a process without work" in r["refused"] for r in res)
     assert sorted(res[0]["rows"]) == ["0", "1"] and sorted(res[1]["rows"]) == ["2", "3"]
     one = np.asarray(res[0]["one"])
     for r in res:
