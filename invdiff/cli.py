@@ -154,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from invdiff.bench import add_arguments
 
-    b = sub.add_parser("bench", help="benchmark solvers x operators on validation images",
-                       description="Run the solver x operator grid and write results.md/.csv/.json and plots.")
+    b = sub.add_parser("bench", help="benchmark solvers x operators on your images (resumable)",
+                       description="Run the solver x operator grid over a set of images. Every result is appended to "
+                                   "OUT/records.jsonl (a rerun of the same command resumes) and summarised in "
+                                   "results.md/.csv/.json, quality plots and sample grids.")
     add_arguments(b)
     b.set_defaults(func=_cmd_bench)
 

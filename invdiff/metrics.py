@@ -1,18 +1,37 @@
-"""Evaluation metrics: image quality (PSNR, SSIM), measurement consistency, known-region drift,
-and the sliced Wasserstein distance between sample sets (the GMM posterior benchmark).
+"""Evaluation metrics: image quality (PSNR, SSIM, LPIPS), measurement consistency, known-region
+drift, the sliced Wasserstein distance between sample sets (the GMM posterior benchmark), and
+the registry of per-image metrics that ``invdiff bench`` and the studies report.
 
 Every function is pure jnp and returns one value per sample (batch first) unless stated. Images
 are NHWC in [-1, 1], so the default ``data_range`` is 2.0 (pass 1.0 for [0, 1] images, 255 for
 8-bit ones).
+
+The registry: :data:`METRICS` maps a name to a :class:`Metric`, whose ``fn`` takes a
+:class:`Restoration` (the solver's output, the ground truth, the operator, y, the mask) and
+returns one value per image. Adding one takes a few lines::
+
+    import jax.numpy as jnp
+    from invdiff import metrics
+
+    metrics.register(metrics.Metric(
+        "l1", lambda r: jnp.mean(jnp.abs(r.x_clipped - r.ref), axis=(1, 2, 3)),
+        label="L1", higher_is_better=False))
+    # then: invdiff.bench.run_bench(..., metrics=["psnr", "l1"])
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 Array = jax.Array
 
@@ -149,4 +168,185 @@ def sliced_wasserstein(a: Array, b: Array, key: Array, n_projections: int = 1000
     return jnp.sqrt(jnp.mean(_w2_sq_1d(a @ theta, b @ theta)))
 
 
-__all__ = ["change_map", "consistency", "outside_mask_mse", "psnr", "sliced_wasserstein", "ssim"]
+# ---------------------------------------------------------------------------------------
+# LPIPS (Zhang, Isola, Efros, Shechtman, Wang, CVPR 2018), AlexNet variant, as the authors'
+# `lpips` package v0.1 computes it (lpips/lpips.py, pretrained_networks.py).
+
+#: ScalingLayer of the reference: x -> (x - shift) / scale, per RGB channel, on [-1, 1] images.
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+#: torchvision AlexNet ``features`` convolutions used by LPIPS: (index, out channels, kernel, stride,
+#: padding). A 3x3, stride-2 max-pool precedes the second and third; the five ReLU outputs are compared.
+_ALEXNET = ((0, 64, 11, 4, 2), (3, 192, 5, 1, 2), (6, 384, 3, 1, 1), (8, 256, 3, 1, 1), (10, 256, 3, 1, 1))
+#: The smallest image side AlexNet's two max-pools leave non-empty.
+LPIPS_MIN_SIZE = 31
+
+
+class AlexNetFeatures(nn.Module):
+    """The five ReLU outputs of torchvision's AlexNet ``features`` on NHWC images; parameters
+    ``conv0``, ``conv3``, ``conv6``, ``conv8``, ``conv10`` (torchvision's module indices)."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> list[Array]:
+        outs, h = [], x
+        for n, (idx, ch, k, s, p) in enumerate(_ALEXNET):
+            if n in (1, 2):
+                h = nn.max_pool(h, (3, 3), strides=(2, 2), padding="VALID")
+            h = nn.relu(nn.Conv(ch, (k, k), strides=(s, s), padding=((p, p), (p, p)),
+                                precision=jax.lax.Precision.HIGHEST, name=f"conv{idx}")(h))
+            outs.append(h)
+        return outs
+
+
+@functools.partial(jax.jit, static_argnames=("per_layer",))
+def lpips(params: dict, x: Array, y: Array, per_layer: bool = False) -> Array:
+    """LPIPS distance per image (jitted) between NHWC images in [-1, 1]: (B,), or (B, 5) per layer.
+
+    Features after each of the five ReLUs are unit-normalised over channels (eps 1e-10),
+    their squared differences weighted by the learned 1x1 linear layers, averaged over space
+    and summed over layers. ``params`` from :func:`lpips_params`. Images of any size of at
+    least :data:`LPIPS_MIN_SIZE` pixels per side; 0 for identical images.
+    """
+    x, y = _check_same_shape(x, y, "lpips")
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"lpips: expected RGB images (B, H, W, 3), got shape {x.shape}")
+    if min(x.shape[1:3]) < LPIPS_MIN_SIZE:
+        raise ValueError(f"lpips: images must be at least {LPIPS_MIN_SIZE}x{LPIPS_MIN_SIZE} (AlexNet's pooling), got "
+                         f"{x.shape[1]}x{x.shape[2]}")
+    shift, scale = jnp.asarray(LPIPS_SHIFT), jnp.asarray(LPIPS_SCALE)
+    net = AlexNetFeatures()
+    fx = net.apply({"params": params["alexnet"]}, (x - shift) / scale)
+    fy = net.apply({"params": params["alexnet"]}, (y - shift) / scale)
+
+    def unit(f):
+        return f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + 1e-10)
+
+    layers = [jnp.mean(jnp.sum((unit(a) - unit(b)) ** 2 * w, axis=-1), axis=(1, 2))
+              for a, b, w in zip(fx, fy, params["lin"])]
+    out = jnp.stack(layers, axis=1)
+    return out if per_layer else jnp.sum(out, axis=1)
+
+
+def lpips_params(alexnet: dict[str, np.ndarray], lin: dict[str, np.ndarray]) -> dict:
+    """LPIPS parameters from torch state_dicts: torchvision AlexNet's (``features.N.weight``/
+    ``bias``; ``classifier.*`` is ignored) and the ``lpips`` package's linear layers
+    (``linN.model.1.weight``, shape (1, C, 1, 1))."""
+    if not any(k.startswith("features.") for k in alexnet) and any(k.startswith("lin0.") for k in alexnet):
+        raise ValueError("the AlexNet weights look like LPIPS linear layers: pass the torchvision AlexNet .pth "
+                         "first and the lpips linear-layer .pth second")
+    convs, lins = {}, []
+    last = 3
+    for n, (idx, ch, k, _, _) in enumerate(_ALEXNET):
+        w, b = alexnet.get(f"features.{idx}.weight"), alexnet.get(f"features.{idx}.bias")
+        if w is None or b is None or w.shape != (ch, last, k, k) or b.shape != (ch,):
+            raise ValueError(f"the AlexNet weights need features.{idx}.weight of shape {(ch, last, k, k)} and "
+                             f"features.{idx}.bias {(ch,)} (torchvision's alexnet), got "
+                             f"{None if w is None else w.shape} and {None if b is None else b.shape}")
+        convs[f"conv{idx}"] = {"kernel": jnp.asarray(np.transpose(w, (2, 3, 1, 0)), jnp.float32),
+                               "bias": jnp.asarray(b, jnp.float32)}
+        lw = lin.get(f"lin{n}.model.1.weight")
+        if lw is None or lw.shape != (1, ch, 1, 1):
+            raise ValueError(f"the LPIPS linear weights need lin{n}.model.1.weight of shape (1, {ch}, 1, 1) (the "
+                             f"lpips package's weights/v0.1/alex.pth), got {None if lw is None else lw.shape}")
+        lins.append(jnp.asarray(lw.reshape(ch), jnp.float32))
+        last = ch
+    return {"alexnet": convs, "lin": lins}
+
+
+def lpips_from_weights(alexnet_pth: str | os.PathLike[str], lin_pth: str | os.PathLike[str]
+                       ) -> Callable[[Array, Array], Array]:
+    """A jitted LPIPS ``f(x, y) -> (B,)`` (NHWC in [-1, 1], any size >= 31) from the user's files.
+
+    ``alexnet_pth``: torchvision's AlexNet weights (``alexnet-owt-7be5be79.pth``; only the
+    ``features`` are used). ``lin_pth``: the ``lpips`` package's ``weights/v0.1/alex.pth``.
+    Both are read with the torch-free loader (:mod:`invdiff.nets.torch_pickle`: nothing from
+    the files is executed; GPU-tagged storages load on the CPU). Matches the reference
+    implementation to 1e-6 on the test fixture.
+    """
+    from invdiff.nets.checkpoint import load_state_dict
+
+    params = lpips_params(load_state_dict(alexnet_pth), load_state_dict(lin_pth))
+    return functools.partial(lpips, params)
+
+
+# ---------------------------------------------------------------------------------------
+# The registry of per-image metrics (what invdiff bench reports).
+
+
+@struct.dataclass
+class Restoration:
+    """What a metric sees for a batch (a PyTree): ``x`` the solver's output (unclipped), ``ref``
+    the ground truth, ``op`` and ``y`` the measurement, ``mask`` (B, H, W, 1) with 1 = known for
+    inpainting, else None."""
+
+    x: Array
+    ref: Array
+    op: Any
+    y: Array
+    mask: Array | None = None
+
+    @property
+    def x_clipped(self) -> Array:
+        """The output clipped to the image range [-1, 1] (what an image file would hold)."""
+        return jnp.clip(self.x, -1.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A per-image metric: ``fn(Restoration) -> (B,)`` (NaN where it does not apply), the
+    table heading ``label``, ``higher_is_better`` and the number format ``fmt``. ``jit``:
+    :func:`evaluate` compiles ``fn`` (set False for a function that is jitted already)."""
+
+    name: str
+    fn: Callable[[Restoration], Array]
+    label: str = ""
+    higher_is_better: bool = True
+    fmt: str = ".3g"
+    jit: bool = True
+
+
+@functools.cache
+def _compiled(metric: Metric) -> Callable[[Restoration], Array]:
+    return jax.jit(metric.fn) if metric.jit else metric.fn
+
+
+def evaluate(metrics: Sequence[Metric], restoration: Restoration) -> dict[str, np.ndarray]:
+    """Every metric on a batch: ``{name: float64 (B,)}`` (each ``fn`` compiled once)."""
+    return {m.name: np.asarray(_compiled(m)(restoration), np.float64) for m in metrics}
+
+
+#: Metrics by name. ``invdiff bench`` reports :data:`DEFAULT_METRICS` (and ``lpips`` when given weights).
+METRICS: dict[str, Metric] = {}
+
+
+def register(metric: Metric) -> Metric:
+    """Add (or replace) a metric under ``metric.name``; returns it."""
+    if not metric.name or not metric.name.replace("_", "").isalnum():
+        raise ValueError(f"a metric name must be letters, digits and _, got {metric.name!r}")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def _outside(r: Restoration) -> Array:
+    if r.mask is None:
+        return jnp.full((r.x.shape[0],), jnp.nan)
+    return outside_mask_mse(r.x, r.ref, r.mask)
+
+
+register(Metric("psnr", lambda r: psnr(r.x_clipped, r.ref), "PSNR (dB)", True, ".2f"))
+register(Metric("ssim", lambda r: ssim(r.x_clipped, r.ref), "SSIM", True, ".3f"))
+register(Metric("consistency", lambda r: consistency(r.op, r.x, r.y), "consistency", False, ".2e"))
+register(Metric("outside_mse", _outside, "outside MSE", False, ".2e"))
+#: What ``invdiff bench`` reports by default.
+DEFAULT_METRICS: tuple[str, ...] = ("psnr", "ssim", "consistency", "outside_mse")
+
+
+def lpips_metric(alexnet_pth: str | os.PathLike[str], lin_pth: str | os.PathLike[str]) -> Metric:
+    """Register and return the ``lpips`` metric (on the clipped output) with the user's weights."""
+    f = lpips_from_weights(alexnet_pth, lin_pth)
+    return register(Metric("lpips", lambda r: f(r.x_clipped, r.ref), "LPIPS", False, ".4f", jit=False))
+
+
+__all__ = ["DEFAULT_METRICS", "LPIPS_MIN_SIZE", "METRICS", "AlexNetFeatures", "Metric", "Restoration", "change_map",
+           "consistency", "evaluate", "lpips", "lpips_from_weights", "lpips_metric", "lpips_params", "outside_mask_mse",
+           "psnr", "register", "sliced_wasserstein", "ssim"]

@@ -305,15 +305,29 @@ def _shard(problem: Problem, x_init: Array, batch: int, x_shape: tuple[int, ...]
            devices: Any) -> tuple[Problem, Array, Any]:
     """Place the batch axis of y, x_init, the labels and per-sample operator leaves across
     ``devices`` (a 1-D mesh named "batch"); everything else is replicated. Returns the
-    sharding of x for the loop's constraint, or None on one device."""
+    sharding of x for the loop's constraint, or None on one device.
+
+    Devices of several processes (``jax.devices()`` after ``jax.distributed.initialize``):
+    every process passes the same whole batch; y, x_init and the labels become global arrays
+    of which each process computes its own rows, and the rest stays as given (host-local
+    arrays count as replicated; operators are not rebuilt around arrays a process cannot
+    read). Inside a trace (``solve`` under ``jax.vmap`` or ``jax.jit``) nothing is placed.
+    """
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from invdiff.testing import per_sample_axes
 
+    if isinstance(problem.y, jax.core.Tracer):
+        return problem, x_init, None
     devices = list(jax.local_devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices is empty: pass None (all local devices) or a list of jax devices")
     n = shard_count(batch, len(devices))
+    processes = {d.process_index for d in devices}
+    if len(processes) > 1 and len({d.process_index for d in devices[:n]}) < len(processes):
+        raise ValueError(f"a batch of {batch} cannot be spread over the {len(devices)} devices of {len(processes)} "
+                         f"processes (it would use {n}, leaving a process without work): make the batch a "
+                         f"multiple of {len(devices)}")
     if n == 1:
         if len(devices) == 1 or devices[0] != jax.local_devices()[0]:
             # one chosen device: commit the inputs to it (the default device needs nothing)
@@ -329,6 +343,9 @@ def _shard(problem: Problem, x_init: Array, batch: int, x_shape: tuple[int, ...]
             return a
         return jax.device_put(a, rows if axis == 0 else everywhere)
 
+    label = None if problem.label is None else place(0, problem.label)
+    if len(processes) > 1:
+        return problem.replace(y=place(0, problem.y), label=label), place(0, x_init), rows
     try:
         axes = per_sample_axes(problem.op, x_shape, batch)
         op = jax.tree.map(place, axes, problem.op, is_leaf=lambda v: v is None)
@@ -336,7 +353,7 @@ def _shard(problem: Problem, x_init: Array, batch: int, x_shape: tuple[int, ...]
         op = jax.tree.map(lambda a: place(None, a), problem.op)
     problem = problem.replace(
         model=jax.tree.map(lambda a: place(None, a), problem.model), op=op, y=place(0, problem.y),
-        sigma_y=place(None, problem.sigma_y), label=None if problem.label is None else place(0, problem.label))
+        sigma_y=place(None, problem.sigma_y), label=label)
     return problem, place(0, x_init), rows
 
 

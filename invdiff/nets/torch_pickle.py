@@ -9,6 +9,11 @@ Both of ``torch.save``'s formats are supported:
   then the main pickle, then a pickled list of storage keys, then each storage's raw bytes
   preceded by its element count as an 8-byte little-endian integer.
 
+Storages saved from a GPU carry a device tag (``'cuda:0'``, as in the ``lpips`` package's
+legacy-format linear weights); their bytes are the same as on the CPU, so every storage is
+read into host memory whatever its tag says (torch's ``map_location='cpu'``). The tag must be
+a plain device string; anything else is refused.
+
 The unpickler is restricted: ``find_class`` resolves only the few globals that torch uses to
 rebuild tensors (``torch._utils._rebuild_tensor_v2``, storage classes such as
 ``torch.FloatStorage``, ``collections.OrderedDict``, ...) and maps each to a NumPy-building
@@ -248,6 +253,12 @@ def _materialize(obj: Any) -> Any:
     return obj
 
 
+def _check_location(location: Any, path: str) -> None:
+    """A storage's device tag ('cpu', 'cuda:0', 'mps', ...): read on the CPU whatever it says."""
+    if not isinstance(location, str) or len(location) > 64:
+        raise CheckpointFormatError(f"{path}: malformed storage location {str(location)[:80]!r}")
+
+
 def _storage_type(obj: Any) -> _StorageType:
     if not isinstance(obj, _StorageType):
         raise CheckpointFormatError(f"expected a torch storage class, got {obj!r}")
@@ -271,7 +282,8 @@ def _load_zip(path: str, zf: zipfile.ZipFile) -> Any:
     def load_storage(pid: tuple[Any, ...]) -> _Storage:
         if len(pid) < 5:
             raise CheckpointFormatError(f"malformed storage id {pid!r}")
-        _, stype, key, _location, numel = pid[:5]
+        _, stype, key, location, numel = pid[:5]
+        _check_location(location, path)
         key = str(key)
         if key not in storages:
             st = _storage_type(stype)
@@ -322,7 +334,8 @@ def _load_legacy(path: str, f: BinaryIO) -> Any:
         # ('storage', storage_type, root_key, location, numel, view_metadata)
         if len(pid) < 5:
             raise CheckpointFormatError(f"malformed storage id {pid!r}")
-        _, stype, key, _location, numel = pid[:5]
+        _, stype, key, location, numel = pid[:5]
+        _check_location(location, path)
         view = pid[5] if len(pid) > 5 else None
         if view is not None:
             raise CheckpointFormatError(f"{path}: storage views (pre-1.0 torch) are not supported")
