@@ -432,7 +432,11 @@ def solve(
         divides it (:func:`shard_count`); results equal a one-device solve up to float
         rounding. ``x`` comes back sharded the same way.
 
-    Returns a :class:`Solution` with ``x`` (B, *x_shape), ``nfe`` and ``vjp`` per sample.
+    Returns a :class:`Solution` with ``x`` (B, *x_shape), ``nfe`` and ``vjp`` per sample. A
+    particle solver (``solver.particle_count()`` = N > 1: MCGdiff, TDS) runs the N particles of
+    each row of y as one batch of B·N (a given ``x_init`` starts every particle of its row; the
+    B·N axis is what ``devices`` splits), counts N network calls per step in ``nfe``, and also
+    returns ``particles`` (B, N, *x_shape).
     """
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be an invdiff Solver instance (e.g. DDNM()), got {solver!r}")
