@@ -132,7 +132,9 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, on_instance: Any = None) -> dict[str, Any]:
+    """The benchmark; ``on_instance(report)`` is called with the results so far after every
+    instance of every cell (``main`` writes them, so a stopped run keeps what it finished)."""
     names = args.solvers.split(",") if args.solvers else ALL_SOLVERS
     found: dict[str, Any] = {}
     for name in names:
@@ -148,53 +150,57 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             found[name] = cls(**kw)
     rows = REFERENCE_ROWS + list(found)
     results: dict[str, dict[str, Any]] = {}
-    for d in args.dims:
-        for dy in args.dys:
+    cells = [(d, dy) for d in args.dims for dy in args.dys]
+    per_row = {f"d={d},dy={dy}": {r: [] for r in rows} for d, dy in cells}
+    extras = {f"d={d},dy={dy}": {r: {} for r in rows} for d, dy in cells}
+    # instances outermost: a run stopped early still has every cell (with fewer instances)
+    for inst in range(args.instances):
+        for d, dy in cells:
             cell = f"d={d},dy={dy}"
-            per_row: dict[str, list[float]] = {r: [] for r in rows}
-            extra: dict[str, dict[str, Any]] = {r: {} for r in rows}
-            for inst in range(args.instances):
-                key = jax.random.fold_in(jax.random.key(args.seed), 1000 * d + 10 * dy + inst)
-                k_prob, k_ex1, k_ex2, k_prior, k_sw, k_solve = jax.random.split(key, 6)
-                prob = mcg_gmm_problem(k_prob, d=d, dy=dy, sigma_y=args.sigma_y)
-                model = IsotropicMixture.of(prob.prior)
-                post = prob.prior.posterior(prob.A, prob.y, prob.sigma_y)
-                ref = post.sample(k_ex1, args.samples)
+            values, extra = per_row[cell], extras[cell]
+            key = jax.random.fold_in(jax.random.key(args.seed), 1000 * d + 10 * dy + inst)
+            k_prob, k_ex1, k_ex2, k_prior, k_sw, k_solve = jax.random.split(key, 6)
+            prob = mcg_gmm_problem(k_prob, d=d, dy=dy, sigma_y=args.sigma_y)
+            model = IsotropicMixture.of(prob.prior)
+            post = prob.prior.posterior(prob.A, prob.y, prob.sigma_y)
+            ref = post.sample(k_ex1, args.samples)
 
-                def sw(x: jax.Array, _ref: jax.Array = ref, _k: jax.Array = k_sw) -> float:
-                    return float(sliced_wasserstein(x, _ref, _k, args.projections))
+            def sw(x: jax.Array, _ref: jax.Array = ref, _k: jax.Array = k_sw) -> float:
+                return float(sliced_wasserstein(x, _ref, _k, args.projections))
 
-                per_row["exact"].append(sw(post.sample(k_ex2, args.samples)))
-                per_row["prior"].append(sw(prob.prior.sample(k_prior, args.samples)))
-                # A padded with zero rows (and y with zeros) to max(dys) rows: the same posterior for
-                # every solver (a zero singular value is an unobserved direction), one compile per d
-                rows_a = max(args.dys) if args.pad else dy
-                op = _dense(jnp.zeros((rows_a, d), jnp.float32).at[:dy].set(prob.A))
-                extra["exact"]["operator"] = type(op).__name__
-                extra["exact"]["fast_prior_rel_error"] = max(extra["exact"].get("fast_prior_rel_error", 0.0),
-                                                             check_fast_prior(prob.prior, k_sw))
-                y = jnp.broadcast_to(jnp.zeros((rows_a,), jnp.float32).at[:dy].set(prob.y), (args.samples, rows_a))
-                for name, solver in found.items():
-                    try:
-                        t0 = time.perf_counter()
-                        sol = invdiff.solve(solver, model, op, y, key=k_solve, sigma_y=prob.sigma_y)
-                        x = jax.block_until_ready(sol.x)
-                        seconds = time.perf_counter() - t0
-                        value = sw(x)
-                        extra[name].update(nfe=sol.nfe, steps=solver.steps, particles=solver.particle_count())
-                        extra[name].setdefault("seconds", []).append(round(seconds, 3))
-                        if not np.isfinite(value):
-                            extra[name]["nonfinite"] = extra[name].get("nonfinite", 0) + 1
-                    except Exception as e:  # a broken solver must not stop the benchmark
-                        value = float("nan")
-                        extra[name]["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-                        print(f"  {name} failed on {cell} #{inst}: {extra[name]['error']}", flush=True)
-                    per_row[name].append(value)
-                print(f"{cell} #{inst}: " + ", ".join(f"{r}={per_row[r][-1]:.3f}" for r in rows), flush=True)
+            values["exact"].append(sw(post.sample(k_ex2, args.samples)))
+            values["prior"].append(sw(prob.prior.sample(k_prior, args.samples)))
+            # A padded with zero rows (and y with zeros) to max(dys) rows: the same posterior for
+            # every solver (a zero singular value is an unobserved direction), one compile per d
+            rows_a = max(args.dys) if args.pad else dy
+            op = _dense(jnp.zeros((rows_a, d), jnp.float32).at[:dy].set(prob.A))
+            extra["exact"]["operator"] = type(op).__name__
+            extra["exact"]["fast_prior_rel_error"] = max(extra["exact"].get("fast_prior_rel_error", 0.0),
+                                                         check_fast_prior(prob.prior, k_sw))
+            y = jnp.broadcast_to(jnp.zeros((rows_a,), jnp.float32).at[:dy].set(prob.y), (args.samples, rows_a))
+            for name, solver in found.items():
+                try:
+                    t0 = time.perf_counter()
+                    sol = invdiff.solve(solver, model, op, y, key=k_solve, sigma_y=prob.sigma_y)
+                    x = jax.block_until_ready(sol.x)
+                    seconds = time.perf_counter() - t0
+                    value = sw(x)
+                    extra[name].update(nfe=sol.nfe, steps=solver.steps, particles=solver.particle_count())
+                    extra[name].setdefault("seconds", []).append(round(seconds, 3))
+                    if not np.isfinite(value):
+                        extra[name]["nonfinite"] = extra[name].get("nonfinite", 0) + 1
+                except Exception as e:  # a broken solver must not stop the benchmark
+                    value = float("nan")
+                    extra[name]["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                    print(f"  {name} failed on {cell} #{inst}: {extra[name]['error']}", flush=True)
+                values[name].append(value)
+            print(f"{cell} #{inst}: " + ", ".join(f"{r}={values[r][-1]:.3f}" for r in rows), flush=True)
             results[cell] = {
-                r: {"values": per_row[r], "mean": _ci95(per_row[r])[0], "ci95": _ci95(per_row[r])[1],
+                r: {"values": values[r], "mean": _ci95(values[r])[0], "ci95": _ci95(values[r])[1],
                     **extra[r]} for r in rows
             }
+            if on_instance is not None:
+                on_instance({"rows": rows, "cells": list(results), "results": results})
     return {"rows": rows, "cells": list(results), "results": results}
 
 
@@ -229,12 +235,13 @@ def to_markdown(report: dict[str, Any]) -> str:
                 vals.append("–")
                 continue
             e = res[c][r]
+            fewer = f" (n={len(e['values'])})" if len(e["values"]) < cfg["instances"] else ""
             if "error" in e and not np.isfinite(e["mean"]):
                 vals.append("error")
             elif np.isfinite(e["ci95"]):
-                vals.append(f"{e['mean']:.3f} ± {e['ci95']:.3f}")
+                vals.append(f"{e['mean']:.3f} ± {e['ci95']:.3f}{fewer}")
             else:
-                vals.append(f"{e['mean']:.3f}")
+                vals.append(f"{e['mean']:.3f}{fewer}")
         lines.append(f"| {r} | " + " | ".join(vals) + " |")
     errors = [(r, c, res[c][r]["error"]) for c in cells for r in report["rows"] if "error" in res[c].get(r, {})]
     if errors:
@@ -244,6 +251,37 @@ def to_markdown(report: dict[str, Any]) -> str:
               f"Machine: {m['platform']}, {m['cpu_count']} CPUs (shared with other jobs), jax {m['jax']}, "
               f"{m['device']}; total {report['seconds']:.0f} s; {m['date']}.", ""]
     return "\n".join(lines)
+
+
+def report_from_log(path: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Rebuild a report from the per-instance lines a run printed ("d=8,dy=1 #0: exact=…, …"),
+    for a run stopped before it wrote its .json. NFE comes from each solver's walk."""
+    per_cell: dict[str, dict[str, list[float]]] = {}
+    rows: list[str] = []
+    with open(path) as f:
+        for line in f:
+            if not line.startswith("d=") or " #" not in line:
+                continue
+            cell, rest = line.split(" #", 1)
+            for item in rest.split(": ", 1)[1].strip().split(", "):
+                name, value = item.rsplit("=", 1)
+                per_cell.setdefault(cell, {}).setdefault(name, []).append(float(value))
+                if name not in rows:
+                    rows.append(name)
+    results: dict[str, dict[str, Any]] = {}
+    for cell, by_row in per_cell.items():
+        results[cell] = {}
+        for r, values in by_row.items():
+            entry = {"values": values, "mean": _ci95(values)[0], "ci95": _ci95(values)[1]}
+            if r not in REFERENCE_ROWS:
+                name, _, n = r.partition(" N=")
+                solver = _find_solver(name)(**({"particles": int(n)} if n else {}))
+                down = int(np.sum(np.diff(solver.walk()) < 0))
+                entry["nfe"] = down * solver.nfe_per_step * solver.particle_count()
+            results[cell][r] = entry
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "merge", "from_log")}
+    return {"rows": rows, "cells": list(results), "results": results, "config": config, "seconds": 0.0,
+            "machine": machine_info(), "commands": [f"(recovered from the log of) {args.from_log_command}"]}
 
 
 def merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -307,7 +345,8 @@ def plot(report: dict[str, Any], path: str) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("network evaluations per sample (NFE)")
         ax.set_ylabel("sliced Wasserstein to the exact posterior")
-        ax.set_title(f"d = {d} (mean over dy ∈ {{1, 2, 4}} and instances)")
+        dys = ", ".join(c.split("dy=")[1] for c in mine)
+        ax.set_title(f"d = {d} (mean over dy ∈ {{{dys}}} and instances)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
@@ -342,6 +381,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="particle counts N of the particle samplers (MCGdiff, TDS), comma list")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="merge earlier runs' .json reports into one table and plot (runs nothing)")
+    p.add_argument("--from-log", default=None, metavar="LOG",
+                   help="rebuild the .json/.md/.png of a stopped run from its printed lines (give the run's "
+                        "own options too; runs nothing)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-pad", dest="pad", action="store_false",
                    help="pose each dy with its own dy x d matrix (default: zero rows up to max(dys), which "
@@ -359,6 +401,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.from_log:
+        args.from_log_command = "python benchmarks/gmm_posterior.py " + " ".join(
+            a for a in (sys.argv[1:] if argv is None else argv) if a != args.from_log and a != "--from-log")
+        report = report_from_log(args.from_log, args)
+        del args.from_log_command
+        print(write(report, args.out))
+        return
     if args.merge:
         reports = []
         for path in args.merge:
@@ -367,12 +416,15 @@ def main(argv: list[str] | None = None) -> None:
         print(write(merge(reports), args.out))
         return
     t0 = time.perf_counter()
-    report = run(args)
-    report["seconds"] = time.perf_counter() - t0
-    report["config"] = {k: v for k, v in vars(args).items() if k not in ("out", "merge")}
-    report["machine"] = machine_info()
-    report["commands"] = ["python benchmarks/gmm_posterior.py " + " ".join(sys.argv[1:] if argv is None else argv)]
-    print(write(report, args.out))
+    meta = {"config": {k: v for k, v in vars(args).items() if k not in ("out", "merge")},
+            "machine": machine_info(),
+            "commands": ["python benchmarks/gmm_posterior.py " + " ".join(sys.argv[1:] if argv is None else argv)]}
+
+    def checkpoint(partial: dict[str, Any]) -> None:
+        write({**partial, **meta, "seconds": time.perf_counter() - t0}, args.out)
+
+    report = run(args, checkpoint)
+    print(write({**report, **meta, "seconds": time.perf_counter() - t0}, args.out))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ class DiffPIR(Solver):
 
     Timesteps: quadratic spacing by default (``skip_type="quad"``, the official code's
     default: t = T - 1 - ⌊sqrt(linspace(0, T², K))⌋, dense near t = 0); ``skip_type="uniform"``
-    gives guided-diffusion's even respacing.
+    gives guided-diffusion's even respacing. (``invdiff.noised`` noises to the even respacing:
+    for a partial solve with quadratic spacing, noise to ``quadratic_timesteps(T, steps)[i]``.)
 
     Defaults: 100 steps (the paper uses 20 NFE for inpainting and 100 for SR and
     deblurring), λ = 0.25 (the official λ = 1; the official script then sweeps λ = 2-12 in its
