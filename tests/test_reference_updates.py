@@ -4,10 +4,6 @@ code's units; operators.Dense keeps float64."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,37 +181,28 @@ def test_diffpir_walks_the_official_quadratic_timesteps():
 # operators.Dense keeps its matrix's dtype
 
 
-DENSE_X64 = textwrap.dedent("""
-    import jax
-    jax.config.update("jax_enable_x64", True)
-    import numpy as np, jax.numpy as jnp
-    from operators import Dense
+def test_dense_keeps_float64_and_its_identities_hold_to_1e_12():
     rng = np.random.default_rng(0)
     worst = 0.0
-    for shape in [(4, 7), (9, 5), (6, 6)]:
-        m = rng.normal(size=shape)
-        op = Dense(m)
-        assert op.matrix.dtype == jnp.float64 and op.vt.dtype == jnp.float64, op.matrix.dtype
-        x, y = jnp.asarray(rng.normal(size=(3, shape[1]))), jnp.asarray(rng.normal(size=(3, shape[0])))
-        A, AT, P = op.A, op.AT, op.pinv
-        rel = lambda a, b: float(jnp.max(jnp.abs(a - b)) / max(float(jnp.max(jnp.abs(b))), 1.0))
-        errs = [rel(jnp.sum(A(x) * y, 1), jnp.sum(x * AT(y), 1)),          # adjoint
-                rel(A(P(A(x))), A(x)),                                     # A A+ A = A
-                rel(P(A(P(y))), P(y)),                                     # A+ A A+ = A+
-                rel(jnp.sum(A(P(y)) * y[::-1], 1), jnp.sum(y * A(P(y[::-1])), 1)),   # (A A+)' = A A+
-                rel(jnp.sum(P(A(x)) * x[::-1], 1), jnp.sum(x * P(A(x[::-1])), 1))]   # (A+ A)' = A+ A
-        assert A(x).dtype == jnp.float64
-        worst = max(worst, max(errs))
-    print("WORST", worst)
-""")
+    with jax.enable_x64(True):  # a context: x64 does not leak into other tests
+        for shape in [(4, 7), (9, 5), (6, 6)]:
+            op = Dense(rng.normal(size=shape))
+            assert op.matrix.dtype == jnp.float64 and op.vt.dtype == jnp.float64
+            x, y = jnp.asarray(rng.normal(size=(3, shape[1]))), jnp.asarray(rng.normal(size=(3, shape[0])))
+            A, P = op.A, op.pinv
+            assert A(x).dtype == jnp.float64 and P(y).dtype == jnp.float64
 
+            def rel(a, b):
+                return float(jnp.max(jnp.abs(a - b)) / max(float(jnp.max(jnp.abs(b))), 1.0))
 
-def test_dense_keeps_float64_and_its_identities_hold_to_1e_12():
-    proc = subprocess.run([sys.executable, "-c", DENSE_X64], capture_output=True, text=True, timeout=300,
-                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    worst = float(proc.stdout.split("WORST")[1])
+            worst = max(worst,
+                        rel(jnp.sum(A(x) * y, 1), jnp.sum(x * op.AT(y), 1)),                  # adjoint
+                        rel(A(P(A(x))), A(x)),                                                  # A A+ A = A
+                        rel(P(A(P(y))), P(y)),                                                  # A+ A A+ = A+
+                        rel(jnp.sum(A(P(y)) * y[::-1], 1), jnp.sum(y * A(P(y[::-1])), 1)),     # A A+ symmetric
+                        rel(jnp.sum(P(A(x)) * x[::-1], 1), jnp.sum(x * P(A(x[::-1])), 1)))     # A+ A symmetric
     assert worst < 1e-12, worst
+    assert jnp.asarray(1.0).dtype == jnp.float32
 
 
 def test_dense_keeps_float32_and_makes_integer_matrices_float32():
