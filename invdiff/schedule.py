@@ -93,13 +93,33 @@ def respaced_timesteps(schedule: NoiseSchedule, steps: int | str) -> np.ndarray:
     return use
 
 
-def transitions(schedule: NoiseSchedule, steps: int | str, walk: Sequence[int] | None = None) -> Transitions:
+def quadratic_timesteps(num_timesteps: int, steps: int) -> np.ndarray:
+    """The original timesteps of DiffPIR's ``skip_type='quad'`` (the official code's
+    ``seq = sqrt(linspace(0, T², K))``, walked as T - 1 - seq): dense near t = 0, sparse near T.
+    Ascending, like ``space_timesteps``; raises ValueError when K is too large for distinct steps."""
+    seq = np.sqrt(np.linspace(0, num_timesteps**2, steps)).astype(np.int64)
+    seq[-1] -= 1
+    use = np.sort(num_timesteps - 1 - seq)
+    if steps < 2 or np.any(np.diff(use) <= 0):
+        raise ValueError(f"quadratic spacing needs 2 <= steps and distinct timesteps; {steps} steps over "
+                         f"{num_timesteps} repeat some: use fewer steps or even spacing")
+    return use
+
+
+def transitions(schedule: NoiseSchedule, steps: int | str, walk: Sequence[int] | None = None,
+                use: np.ndarray | None = None) -> Transitions:
     """Per-transition coefficients for ``walk`` (respaced indices) on a ``steps``-step chain.
 
     ``walk`` defaults to the plain walk K-1 … -1. Every consecutive pair must differ by one,
-    and entries must lie in [-1, K-1].
+    and entries must lie in [-1, K-1]. ``use``: the kept original timesteps, ascending (default:
+    guided-diffusion's evenly spaced respacing of ``steps``; see ``Solver.timesteps``).
     """
-    use, respaced = schedule.respace(str(steps) if isinstance(steps, int) else steps)
+    if use is None:
+        use, respaced = schedule.respace(str(steps) if isinstance(steps, int) else steps)
+    else:
+        use = np.asarray(use, dtype=np.int64)
+        abar = schedule.alphas_cumprod[use]
+        respaced = NoiseSchedule(betas=1.0 - abar / np.append(1.0, abar[:-1]))
     k = use.shape[0]
     walk = plain_walk(k) if walk is None else np.asarray(walk, dtype=np.int64)
     if walk.ndim != 1 or walk.size < 2:

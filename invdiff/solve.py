@@ -92,6 +92,19 @@ class Solver(struct.PyTreeNode):
     nfe_per_step: ClassVar[int] = 1
     vjp_per_step: ClassVar[int] = 0
 
+    def particle_count(self) -> int:
+        """Particles per measurement: N for particle solvers (a static ``particles`` field), else 1.
+
+        ``solve`` carries the N particles of each measurement in one batch of B·N (row b·N + n is
+        particle n of measurement b; y, labels and per-sample operator leaves are repeated to
+        match) and returns particle 0 of each measurement as ``x``, all of them as ``particles``."""
+        return int(getattr(self, "particles", 1))
+
+    def timesteps(self, schedule: Any) -> np.ndarray | None:
+        """The original timesteps the ``steps``-step chain keeps, ascending; None (default):
+        guided-diffusion's evenly spaced respacing. DiffPIR returns its quadratic spacing."""
+        return None
+
     def walk(self) -> np.ndarray:
         """The respaced indices this solver walks (RePaint's jump schedule)."""
         return repaint_schedule(self.steps, self.jump_length, self.jump_n_sample)
@@ -211,12 +224,16 @@ class Trajectory:
 class Solution:
     """``x``: one restored sample per row of y. ``nfe`` / ``vjp``: network forward passes and
     vector-Jacobian products per sample (a wrapped model's ``nfe_per_call`` included).
-    ``trajectory``: saved states, or None."""
+    ``trajectory``: saved states, or None (for particle solvers its states hold all B·N particles).
+    ``particles``: for particle solvers (MCGdiff, TDS), all N final particles of each measurement,
+    (B, N, ...), equally weighted (resampled at the end); ``x`` is ``particles[:, 0]``, a draw from
+    the weighted particle set. None for other solvers."""
 
     x: Array
     nfe: int = struct.field(pytree_node=False)
     vjp: int = struct.field(pytree_node=False, default=0)
     trajectory: Trajectory | None = None
+    particles: Array | None = None
 
 
 _TRACES = {"count": 0}
@@ -357,6 +374,20 @@ def _shard(problem: Problem, x_init: Array, batch: int, x_shape: tuple[int, ...]
     return problem, place(0, x_init), rows
 
 
+def _repeat_particles(problem: Problem, x_shape: tuple[int, ...], batch: int, n: int) -> Problem:
+    """Repeat y, the labels and the operator's per-sample leaves N times along the batch (each
+    measurement's row becomes N consecutive rows), for a particle solver's B·N batch."""
+    from invdiff.testing import per_sample_axes
+
+    rep = lambda a: jnp.repeat(a, n, axis=0)
+    try:
+        axes = per_sample_axes(problem.op, x_shape, batch)
+        op = jax.tree.map(lambda ax, a: rep(a) if ax == 0 else a, axes, problem.op, is_leaf=lambda v: v is None)
+    except (ValueError, TypeError):  # no per-sample description: shared leaves
+        op = problem.op
+    return problem.replace(op=op, y=rep(problem.y), label=None if problem.label is None else rep(problem.label))
+
+
 def _check_static_fields(solver: Solver) -> None:
     import dataclasses
 
@@ -463,7 +494,11 @@ def solve(
         divides it (:func:`shard_count`); results equal a one-device solve up to float
         rounding. ``x`` comes back sharded the same way.
 
-    Returns a :class:`Solution` with ``x`` (B, *x_shape), ``nfe`` and ``vjp`` per sample.
+    Returns a :class:`Solution` with ``x`` (B, *x_shape), ``nfe`` and ``vjp`` per sample. A
+    particle solver (``solver.particle_count()`` = N > 1: MCGdiff, TDS) runs the N particles of
+    each row of y as one batch of B·N (a given ``x_init`` starts every particle of its row; the
+    B·N axis is what ``devices`` splits), counts N network calls per step in ``nfe``, and also
+    returns ``particles`` (B, N, *x_shape).
     """
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be an invdiff Solver instance (e.g. DDNM()), got {solver!r}")
@@ -516,19 +551,23 @@ def solve(
             raise ValueError(f"start_step={start_step} is not on the walk (respaced indices "
                              f"{int(w.max())} … -1)")
         w = w[hits[0]:]
-    tr = transitions(model.schedule, solver.steps, w)
+    tr = transitions(model.schedule, solver.steps, w, use=solver.timesteps(model.schedule))
+    n_part = solver.particle_count()
     if x_init is None:
         key, k0 = jax.random.split(key)
-        x_init = jax.random.normal(k0, (batch,) + x_shape, jnp.float32)
+        x_init = jax.random.normal(k0, (batch * n_part,) + x_shape, jnp.float32)
     else:
         x_init = _check_array("x_init", x_init)
         if tuple(x_init.shape) != (batch,) + x_shape:
             raise ValueError(f"x_init must have shape {(batch,) + x_shape}, got {tuple(x_init.shape)}")
+        x_init = jnp.repeat(x_init, n_part, axis=0) if n_part > 1 else x_init
+    if n_part > 1:
+        problem = _repeat_particles(problem, x_shape, batch, n_part)
     if save_every < 0:
         raise ValueError("save_every must be >= 0")
     tr_arrays = tuple(jnp.asarray(a, jnp.float32) if np.issubdtype(np.asarray(a).dtype, np.floating)
                       else jnp.asarray(a) for a in tr.arrays())
-    problem, x_init, sharding = _shard(problem, x_init, batch, x_shape, devices)
+    problem, x_init, sharding = _shard(problem, x_init, batch * n_part, x_shape, devices)
     call_id = next(_CALL_IDS) % 2**31 if progress is not None else 0
     if progress is not None:
         _PROGRESS[call_id] = progress
@@ -539,9 +578,13 @@ def solve(
             x = jax.block_until_ready(x)  # the callbacks must run while this one is registered
     finally:
         _PROGRESS.pop(call_id, None)
-    per_call = int(getattr(model, "nfe_per_call", 1))
+    per_call = int(getattr(model, "nfe_per_call", 1)) * n_part
+    particles = None
+    if n_part > 1:
+        particles = x.reshape((batch, n_part) + x_shape)
+        x = particles[:, 0]
     return Solution(x=x, nfe=tr.num_down * solver.nfe_per_step * per_call,
-                    vjp=tr.num_down * solver.vjp_per_step * per_call, trajectory=traj)
+                    vjp=tr.num_down * solver.vjp_per_step * per_call, trajectory=traj, particles=particles)
 
 
 def noised(x0: Array, model: Model, steps: int, start_step: int, key: Array) -> Array:
