@@ -13,7 +13,7 @@ from invdiff.priors import Gaussian
 from invdiff.testing import check_operator
 from invdiff.tiling import extend, plan, seam_ratio, tile_edges, tile_starts
 from operators import Downsampling, Inpainting
-from solvers import DDNM, DDRM, DPS
+from solvers import DDNM, DPS
 
 SCHED = invdiff.NoiseSchedule.linear(1000)
 TILE = (8, 8, 3)
@@ -79,8 +79,8 @@ def test_one_tile_of_the_model_size_is_exactly_solve():
 
 @pytest.mark.parametrize("solver, size, tiles", [
     (DDNM(steps=6), (20, 13), 6),  # 6 tiles of 8x8
-    (DDRM(steps=6), (6, 7), 1),  # padded into the 8x8 prior: the extended operator keeps an SVD
-], ids=["ddnm-tiled", "ddrm-padded"])
+    (DDNM(steps=6), (6, 7), 1),  # padded into the 8x8 prior; DDNM goes through the extended operator's SVD
+], ids=["ddnm-tiled", "ddnm-padded"])
 def test_known_pixels_stay_known(solver, size, tiles):
     x, mask = _image(*size), _mask(*size)
     op = Inpainting(mask)
@@ -101,11 +101,11 @@ def test_gradient_solvers_count_a_vjp_per_tile():
 
 
 def test_the_extended_operator_is_exact():
-    # (per-sample inpainting masks go through the padded DDRM solve above)
+    # (per-sample inpainting masks go through the padded DDNM solve above, in its SVD path)
     inner = Downsampling(2)
     op = extend(inner, (6, 8, 3), (8, 10), batch=2)
     assert op.c_value == pytest.approx(float(inner.c()))
-    assert isinstance(op, invdiff.SVDOperator)  # DDRM keeps working on padded images
+    assert isinstance(op, invdiff.SVDOperator)  # DDRM and DDNM+ keep their SVD path on padded images
     check_operator(op, (8, 10, 3), batch=2)
 
 
