@@ -14,9 +14,9 @@
    so a seam shows as the border ratio exceeding the control ratio), the border ratio of the
    ground truth (what the image itself has there), PSNR against the ground truth, the
    largest change of a known pixel after 8-bit rounding (inpainting; grey levels of 255),
-   NFE and wall seconds (compilation included). A baseline, "ddnm, independent tiles", solves
-   each tile as its own 64x64 problem and blends the results once at the end with the same
-   weights: what blending at every step is for.
+   NFE and wall seconds (compilation included, or read from JAX's persistent cache). A
+   baseline, "ddnm, independent tiles", solves each tile as its own 64x64 problem and blends
+   the results once at the end with the same weights: what blending at every step is for.
 2. **Small sizes**: ``--small-images`` validation images centre-cropped to 64x48 and 40x40 (W x H),
    inpainted (thick brush masks) with DDNM, once padded into the 64x64 model ("pad", the
    default) and once with the network run at the image's size ("direct", rounded up to a
@@ -86,15 +86,24 @@ def independent_tiles(model, mask: np.ndarray, y, steps: int, key) -> np.ndarray
     return np.asarray(tm.blend(sol.x)), sol.nfe * tm.num_tiles
 
 
-def tiled_rows(model, images: np.ndarray, args) -> tuple[list[dict], dict]:
-    rng = np.random.default_rng(args.seed)
-    rows, shown = [], {}
+def composites(model, images: np.ndarray, seed: int):
+    """For each size: the composite (1, H, W, 3), the tiling plan, the tile borders and the
+    control lines (rows, columns), and the ground truth's ratios across both."""
+    rng = np.random.default_rng(seed)
     for h, w in SIZES:
         x = composite(images, h, w, rng)[None]
         p = plan(model, (h, w))
         edges = (tile_edges(h, p.tile[0], p.overlap), tile_edges(w, p.tile[1], p.overlap))
         control = (control_lines(edges[0], h), control_lines(edges[1], w))
-        gt_ratio = float(seam_ratio(jnp.asarray(x), *edges)[0])
+        truth = dict(seam_ratio_truth=float(seam_ratio(jnp.asarray(x), *edges)[0]),
+                     control_ratio_truth=float(seam_ratio(jnp.asarray(x), *control)[0]))
+        yield x, p, edges, control, truth
+
+
+def tiled_rows(model, images: np.ndarray, args) -> tuple[list[dict], dict]:
+    rows, shown = [], {}
+    for x, p, edges, control, truth in composites(model, images, args.seed):
+        h, w = x.shape[1:3]
         for op_name in args.operators:
             key = jax.random.key(args.seed)
             deg = named.make(op_name, x.shape, key)
@@ -114,14 +123,14 @@ def tiled_rows(model, images: np.ndarray, args) -> tuple[list[dict], dict]:
                 seconds = time.perf_counter() - t0
                 row = dict(size=f"{w}x{h}", operator=op_name, solver=name, tiles=p.tiles, nfe=nfe,
                            seam_ratio=float(seam_ratio(jnp.asarray(out), *edges)[0]),
-                           control_ratio=float(seam_ratio(jnp.asarray(out), *control)[0]), seam_ratio_truth=gt_ratio,
+                           control_ratio=float(seam_ratio(jnp.asarray(out), *control)[0]), **truth,
                            psnr=float(metrics.psnr(jnp.asarray(out), jnp.asarray(x))[0]), seconds=seconds)
                 if deg.mask is not None:
                     known = np.broadcast_to(deg.mask.astype(bool), x.shape)
                     row["known_change_255"] = float(np.abs(eight_bit(out) - eight_bit(x))[known].max())
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-                if (h, w) == SIZES[-1] and op_name == args.operators[0]:
+                if (h, w) == tuple(SIZES[-1]) and op_name == args.operators[0]:
                     shown.setdefault("truth", x[0])
                     shown.setdefault("measurement", np.asarray(deg.op.pinv(y))[0])
                     shown[name] = out[0]
@@ -157,17 +166,24 @@ def write(out: Path, meta: dict, tiled: list[dict], small: list[dict]) -> Path:
     lines = [f"# Tiled and padded restorations — {meta['machine']}", "",
              f"- command: `{meta['command']}`; jax {meta['jax']}; date {meta['date']}; load average at the end "
              f"{meta['load_average']} (the machine is shared with other jobs: seconds are indicative only)",
-             f"- model: emoji64 (64x64); steps {meta['steps']}; label {LABEL} (People & Body); seed {meta['seed']}", "",
+             f"- model: emoji64 (64x64); steps {meta['steps']}; label {LABEL} (People & Body); seed {meta['seed']}"]
+    if "rewritten_by" in meta:
+        lines.append(f"- tables rewritten from the JSON by `{meta['rewritten_by']}` (ground-truth columns recomputed "
+                     "from the seeded composites)")
+    lines += ["", "DDPM and DDIM ignore y (unconditional samples): their rows are the same for every operator.", "",
              "## 1. Tiled restorations (64x64 tiles, overlap >= 16)", "",
              "seam ratio = mean |gradient| across tile borders / elsewhere (1: no seam); control = the same across "
-             f"lines {CONTROL_SHIFT} pixels off the borders; truth = the seam ratio of the ground-truth composite; "
-             "known Δ = largest change of a known pixel, 8-bit levels; s = wall seconds, compilation included.", "",
-             "| size (WxH) | operator | solver | tiles | NFE | seam ratio | control | truth | PSNR | known Δ | s |",
+             f"lines {CONTROL_SHIFT} pixels off the borders; truth = both for the ground-truth composite; "
+             "known Δ = largest change of a known pixel, 8-bit levels; s = wall seconds, compilation included "
+             "(or read from JAX's persistent compilation cache).", "",
+             "| size (WxH) | operator | solver | tiles | NFE | seam ratio | control | truth: seam, control | PSNR "
+             "| known Δ | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in tiled:
         known = f"{r['known_change_255']:.0f}" if "known_change_255" in r else "–"
         lines.append(f"| {r['size']} | {r['operator']} | {r['solver']} | {r['tiles']} | {r['nfe']} | "
-                     f"{r['seam_ratio']:.3f} | {r['control_ratio']:.3f} | {r['seam_ratio_truth']:.3f} | "
+                     f"{r['seam_ratio']:.3f} | {r['control_ratio']:.3f} | {r['seam_ratio_truth']:.3f}, "
+                     f"{r['control_ratio_truth']:.3f} | "
                      f"{r['psnr']:.2f} | {known} | {r['seconds']:.0f} |")
     lines += ["", "## 2. Small images: padding vs the network at the image's size (DDNM, thick brush masks)", "",
               "| size (WxH) | mode | how | images | PSNR | PSNR of the missing pixels | s |",
@@ -182,6 +198,33 @@ def write(out: Path, meta: dict, tiled: list[dict], small: list[dict]) -> Path:
     return md
 
 
+def figure(shown: dict[str, np.ndarray], per_row: int = 5) -> np.ndarray:
+    """The shown images in rows of ``per_row``, each labelled."""
+    names = list(shown)
+    first = shown[names[0]]
+    blank = np.full_like(first, 255 if first.dtype == np.uint8 else 1.0)  # white
+    rows = []
+    for i in range(0, len(names), per_row):
+        chunk = names[i:i + per_row]
+        cells = [shown[k] for k in chunk] + [blank] * (per_row - len(chunk))
+        rows.append(grid([cells], col_labels=chunk, scale=1))
+    return np.concatenate(rows)
+
+
+def report(path: Path, images: np.ndarray, model) -> Path:
+    """Rewrite the markdown from a results JSON, filling in ground-truth columns that an older
+    version of this script did not record (the composites are rebuilt from the seed)."""
+    res = json.loads(path.read_text())
+    meta = res["meta"]
+    meta["rewritten_by"] = f"python {os.path.relpath(__file__)} --report {path}"
+    truths = {f"{x.shape[2]}x{x.shape[1]}": truth for x, *_, truth in composites(model, images, meta["seed"])}
+    for r in res["tiled"]:
+        for k, v in truths[r["size"]].items():
+            r.setdefault(k, v)
+    atomic_write_bytes(path, json.dumps(res, indent=1).encode())
+    return write(path.parent, meta, res["tiled"], res["small"])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--val", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/emoji64_val.npz"))
@@ -191,12 +234,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--small-images", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--report", metavar="JSON", help="only rewrite the markdown of an earlier run's JSON")
     args = ap.parse_args(argv)
     args.solvers = [s for s in args.solvers.split(",") if s]
     args.operators = [s for s in args.operators.split(",") if s]
     data = np.load(args.val)
     images, labels = to_model(data["images"]), np.asarray(data["labels"], np.int32)
     model = invdiff.load_model("emoji64")
+    if args.report:
+        print(report(Path(args.report), images[labels == LABEL], model))
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     mach = machine()
@@ -209,8 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     meta["load_average"] = [round(v, 2) for v in os.getloadavg()]
     print(write(out, meta, tiled, small))
     if shown:
-        names = list(shown)
-        save_image(out / f"seams_{mach['slug']}.png", grid([[shown[k] for k in names]], col_labels=names, scale=1))
+        save_image(out / f"seams_{mach['slug']}.png", figure(shown))
 
 
 if __name__ == "__main__":

@@ -2,17 +2,22 @@
 
 Three ways, chosen by :func:`plan` (and run by :func:`solve_any_size`):
 
-* **pad** — an image smaller than the model (or not a multiple of the UNet's downsampling
-  factor) is placed in the middle of a model-size canvas. The operator is extended by a
-  :class:`Crop`: the solver sees A' = A ∘ crop, so the padded pixels are unknown and the
-  known pixels stay known. The result is cropped back.
-* **direct** — a fully convolutional network (ADM) is run at the image's own size (rounded up
-  to a multiple of its downsampling factor by padding), ``ADMModel(any_size=True)``.
-* **tile** — a larger image is covered by overlapping tiles of the model's size.
-  :class:`TiledModel` cuts x_t into those tiles at every network call, runs the network on all
-  of them as one batch, and blends the tiles' ε̂ back with smooth normalised weights
-  (MultiDiffusion, Bar-Tal et al. 2023, eq. 5, with a raised-cosine window instead of
-  uniform weights). :func:`tiled` wraps any solver so that it runs with that model.
+* **pad** — an image no larger than the model in either side is placed in the middle of a
+  model-size canvas. The operator is extended by a :class:`Crop` (:func:`extend`): the solver
+  sees A' = A ∘ crop, so the padded pixels are unknown and the known pixels stay known. The
+  result is cropped back.
+* **direct** — a fully convolutional network (ADM) is run at the image's own size, padded the
+  same way up to a multiple of its downsampling factor (``ADMModel(any_size=True)``). On the
+  bundled model it restored worse than padding (``benchmarks/seams.py``): not the default.
+* **tile** — a larger image is covered by overlapping tiles of the model's size (a side
+  shorter than a tile is padded first). :class:`TiledModel` cuts x_t into those tiles at every
+  network call, runs the network on all of them as one batch, and blends the tiles' ε̂ back
+  with smooth weights normalised to sum to one at every pixel. :func:`tiled` wraps any solver
+  so that it runs with that model. This is MultiDiffusion's fusion (Bar-Tal et al., ICML
+  2023: a per-pixel weighted average of the tiles' denoised estimates, one global state)
+  with two deviations: MultiDiffusion averages the tiles' next states with uniform weights,
+  we average the network's prediction with a raised-cosine window, and the solver then takes
+  one step on the whole image.
 
 What is exact and what is approximate with tiles
 ------------------------------------------------
@@ -31,7 +36,10 @@ network is tiled. So
   predictions for each tile seen on its own. It is not the score of one distribution over
   the whole image; each tile's content is judged by a model that never saw its
   neighbours, and tiles that cut objects are out of the model's training distribution. How
-  visible that is, is measured by :func:`seam_ratio` (``benchmarks/seams.py``).
+  visible that is at the tile borders is measured by :func:`seam_ratio`
+  (``benchmarks/seams.py``); a content mismatch spread over the overlap (two tiles
+  "imagining" different things that are cross-faded) is not a gradient jump and is not
+  measured by it.
 
 Blending ε̂ and blending x̂0 = (x − √(1−ᾱ) ε̂)/√ᾱ are the same thing (x is shared by the
 tiles and the weights sum to one); a learned variance is blended the same way.
