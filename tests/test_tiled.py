@@ -10,7 +10,6 @@ import pytest
 import invdiff
 from invdiff.nets.adm import ADMConfig, ADMModel
 from invdiff.priors import Gaussian
-from invdiff.testing import check_operator
 from invdiff.tiling import extend, plan, seam_ratio, tile_edges, tile_starts
 from operators import Downsampling, Inpainting
 from solvers import DDNM, DPS
@@ -101,12 +100,30 @@ def test_gradient_solvers_count_a_vjp_per_tile():
 
 
 def test_the_extended_operator_is_exact():
-    # (per-sample inpainting masks go through the padded DDNM solve above, in its SVD path)
+    # A' = A ∘ crop for 4x4-block downsampling of the 6x8 window in the middle of 8x10 inputs;
+    # per-sample inpainting masks go through the padded DDNM solve above, in its SVD path
     inner = Downsampling(2)
     op = extend(inner, (6, 8, 3), (8, 10), batch=2)
     assert op.c_value == pytest.approx(float(inner.c()))
     assert isinstance(op, invdiff.SVDOperator)  # DDRM and DDNM+ keep their SVD path on padded images
-    check_operator(op, (8, 10, 3), batch=2)
+    x, y = _image(8, 10), jax.random.normal(jax.random.key(2), (2, 3, 4, 3))
+    window = (slice(None), slice(1, 7), slice(1, 9))
+
+    @jax.jit
+    def q(x, y):
+        p = op.prox(x, y, 0.5)
+        return dict(ax=op.A(x), want_ax=inner.A(x[window]), aty=op.AT(y), pinv=op.pinv(y), a_pinv=op.A(op.pinv(y)),
+                    want_pinv=jnp.zeros_like(x).at[window].set(inner.pinv(y)), v_vt=op.V(op.Vt(x)),
+                    usv=op.U(op.singulars() * op.Vt(x)), prox_grad=op.AT(op.A(p) - y) + 0.5 * (p - x))
+
+    r = q(x, y)
+    np.testing.assert_allclose(r["ax"], r["want_ax"], atol=1e-6)
+    assert float(jnp.vdot(r["ax"], y)) == pytest.approx(float(jnp.vdot(x, r["aty"])), rel=1e-5)  # adjoint
+    np.testing.assert_allclose(r["pinv"], r["want_pinv"], atol=1e-6)  # (A C)⁺ = Cᵀ A⁺
+    np.testing.assert_allclose(r["a_pinv"], y, atol=1e-5)
+    np.testing.assert_allclose(r["v_vt"], x, atol=1e-5)  # V orthogonal
+    np.testing.assert_allclose(r["usv"], r["ax"], atol=1e-5)  # A = U diag(s) Vᵀ
+    np.testing.assert_allclose(r["prox_grad"], 0.0, atol=1e-5)  # prox optimality
 
 
 def test_plans_pad_small_images_and_tile_large_ones():
