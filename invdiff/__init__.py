@@ -44,6 +44,7 @@ from invdiff.operator import (  # noqa: E402
 )
 from invdiff.schedule import repaint_schedule  # noqa: E402
 from invdiff.solve import Problem, Solution, Solver, Step, noised, solve  # noqa: E402
+from invdiff.tiling import TiledModel, solve_any_size, tiled, tiled_model  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -61,11 +62,15 @@ __all__ = [
     "Solution",
     "Solver",
     "Step",
+    "TiledModel",
     "compose",
     "load_model",
     "noised",
     "repaint_schedule",
     "solve",
+    "solve_any_size",
+    "tiled",
+    "tiled_model",
 ]
 
 

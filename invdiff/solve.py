@@ -109,6 +109,12 @@ class Solver(struct.PyTreeNode):
         """The respaced indices this solver walks (RePaint's jump schedule)."""
         return repaint_schedule(self.steps, self.jump_length, self.jump_n_sample)
 
+    def wrap_model(self, model: Model, x_shape: tuple[int, ...], devices: Any = None) -> Model:
+        """The model this solver runs on x of ``x_shape`` (batch included) and ``devices`` (as
+        given to :func:`solve`): ``model`` itself, or a wrapper (``invdiff.tiled``: the network
+        on tiles). Called by :func:`solve` before any check; its ``nfe_per_call`` is counted."""
+        return model
+
     def check(self, problem: Problem) -> None:
         """Raise a clear error for a problem this solver cannot take (called before compiling)."""
 
@@ -522,6 +528,7 @@ def solve(
         if not isinstance(label, jax.core.Tracer) and np.asarray(label).dtype.kind not in "biuf":
             raise TypeError(f"label must hold integer class ids, e.g. jnp.array([3, 3]); got {label!r}")
         label = jnp.asarray(label)
+    model = solver.wrap_model(model, (batch,) + x_shape, devices)
     model.check_input((batch,) + x_shape, label)
     if clip_x0 is None or clip_x0 is True:
         x0_range = getattr(model, "data_range", None)

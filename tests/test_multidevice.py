@@ -19,6 +19,7 @@ SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     import invdiff
     from invdiff.nets.adm import ADMConfig, ADMModel
+    from invdiff.priors import Gaussian
     from operators import Downsampling, Inpainting, masks
     from solvers import DDNM, MCG, RePaint
 
@@ -48,6 +49,16 @@ SCRIPT = textwrap.dedent("""
         a, b_ = np.asarray(one), np.asarray(many)
         out[name] = dict(err=float(np.max(np.abs(a - b_))), scale=float(np.max(np.abs(a))),
                          devices=len(many.sharding.device_set), one_devices=len(one.sharding.device_set))
+    # one image's 6 tiles (16x12 in 8x8 tiles of an analytic prior) spread over the devices like a batch
+    prior = Gaussian(jnp.full((8, 8, 3), 0.2), var=0.25, schedule=invdiff.NoiseSchedule.linear(100))
+    xt = jax.random.uniform(jax.random.key(4), (1, 16, 12, 3), minval=-1, maxval=1)
+    opt = Inpainting(masks.by_name("random", jax.random.key(5), 16, 12, n=1)[..., None])
+    tiled = invdiff.tiled(DDNM(steps=3), overlap=2)
+    one = invdiff.solve(tiled, prior, opt, opt.A(xt), key=jax.random.key(3), devices=jax.devices()[:1]).x
+    many = invdiff.solve(tiled, prior, opt, opt.A(xt), key=jax.random.key(3)).x
+    a, b_ = np.asarray(one), np.asarray(many)
+    out["tiled-1-image-6-tiles"] = dict(err=float(np.max(np.abs(a - b_))), scale=float(np.max(np.abs(a))),
+                                        devices=len(many.sharding.device_set), one_devices=len(one.sharding.device_set))
     print("RESULT" + json.dumps(out))
 """)
 
@@ -66,9 +77,11 @@ def test_four_devices_match_one():
     assert res["ddnm-per-sample-mask"]["devices"] == 4
     assert res["mcg-vjp-noisy"]["devices"] == 4
     assert res["repaint-6-on-4"]["devices"] == 3  # 6 samples: the largest divisor <= 4
+    assert res["tiled-1-image-6-tiles"]["devices"] == 3  # 6 tiles of one image (the result follows them)
     # The sharded network differs from the one-device one by float rounding (a few 1e-6 on a random
     # ADM); MCG's gradient step amplifies input changes ~30x (measured: y + 1e-6 moves it by 3e-5).
-    tolerance = {"ddnm-per-sample-mask": 1e-4, "repaint-6-on-4": 1e-4, "mcg-vjp-noisy": 1e-3}
+    tolerance = {"ddnm-per-sample-mask": 1e-4, "repaint-6-on-4": 1e-4, "mcg-vjp-noisy": 1e-3,
+                 "tiled-1-image-6-tiles": 1e-4}
     for name, r in res.items():
         assert r["one_devices"] == 1, name
         assert r["err"] <= tolerance[name] * max(1.0, r["scale"]), (name, r)

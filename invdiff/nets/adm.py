@@ -225,6 +225,10 @@ class ADMModel(Model):
     #: matmul/conv precision passed to Flax (None: the backend default, which on recent
     #: NVIDIA GPUs is TF32 for float32; use "highest" for bit-faithful float32 there).
     precision: str | None = struct.field(pytree_node=False, default=None, kw_only=True)
+    #: accept any image size divisible by the UNet's downsampling factor, not only
+    #: ``config.image_size`` (the network is fully convolutional; attention attends to every
+    #: position). Quality away from the trained size is measured in benchmarks/seams.py.
+    any_size: bool = struct.field(pytree_node=False, default=False, kw_only=True)
 
     @classmethod
     def create(cls, config: ADMConfig, params: Any, dtype: Any = jnp.float32,
@@ -265,10 +269,18 @@ class ADMModel(Model):
         cfg = self.config
         s, c = cfg.image_size, cfg.in_channels
         x_shape = tuple(x_shape)
-        if len(x_shape) != 4 or x_shape[1:] != (s, s, c):
+        if self.any_size:
+            f = 2 ** (len(cfg.resolved_channel_mult) - 1)
+            if len(x_shape) != 4 or x_shape[3] != c or x_shape[1] % f or x_shape[2] % f or 0 in x_shape[1:3]:
+                raise ValueError(
+                    f"this model takes HxWx{c} images with H and W multiples of {f} (its UNet halves "
+                    f"the size {f.bit_length() - 1} times): x must have shape (B, H, W, {c}) (NHWC), "
+                    f"got shape {x_shape}; pad the image (invdiff.solve_any_size does)"
+                )
+        elif len(x_shape) != 4 or x_shape[1:] != (s, s, c):
             raise ValueError(
                 f"this model takes {s}x{s}x{c} images: x must have shape (B, {s}, {s}, {c}) "
-                f"(NHWC), got shape {x_shape}"
+                f"(NHWC), got shape {x_shape}; for other sizes see invdiff.solve_any_size"
             )
         if not cfg.class_cond:
             if label is not None:
