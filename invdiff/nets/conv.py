@@ -61,8 +61,13 @@ def _conv_bwd(strides, padding, precision, res, g):
         pads.append((kk - 1 - lo, kk - 1 - hi + extra))
     dx = lax.conv_general_dilated(g, kt.astype(g.dtype), (1, 1), pads, lhs_dilation=strides, dimension_numbers=_DN,
                                   precision=precision)
-    _, k_vjp = jax.vjp(lambda kk: _plain(x, kk, strides, padding, precision), k)
-    return dx.astype(x.dtype), k_vjp(g)[0]
+    # kernel gradient: x correlated with g (batch and features swapped), g dilated by the stride;
+    # written out rather than traced through jax.vjp on every call (dropped when unused)
+    kpads = [(lo, kk + (m - 1) * s - n - lo)
+             for (lo, _), s, n, kk, m in zip(padding, strides, x.shape[1:3], k.shape[:2], g.shape[1:3])]
+    dk = lax.conv_general_dilated(x, g.astype(x.dtype), (1, 1), kpads, rhs_dilation=strides,
+                                  dimension_numbers=("CHWN", "IHWO", "HWNC"), precision=precision)
+    return dx.astype(x.dtype), dk.astype(k.dtype)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)

@@ -22,6 +22,7 @@ norms and softmaxes are always float32.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -74,27 +75,56 @@ class GroupNorm32(nn.Module):
                           self.epsilon).astype(x.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def group_norm(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> Array:
-    """GroupNorm of channels-last ``h`` (B, ..., C): the mean, then the variance of the centred
-    values (two passes, as torch), per sample and group of C / groups channels.
+    """GroupNorm of channels-last ``h`` (B, ..., C) with affine ``scale``, ``bias`` (C,): the
+    mean, then the variance of the centred values (two passes, as torch), per sample and group
+    of C / groups channels.
 
-    Each pass first sums over the spatial axes per channel, a reduction over contiguous rows in
-    NHWC, and only then over the channels of a group. Reducing over (spatial, channels in the
-    group) at once, of a (B, H, W, G, C/G) view, ran 2-4x slower on XLA:CPU (forward + VJP,
-    ``benchmarks/vs_torch.py --layers``).
-    """
-    b, c = h.shape[0], h.shape[-1]
-    spatial = tuple(range(1, h.ndim - 1))
-    n = math.prod(h.shape[1:-1]) * (c // groups)
-    per_channel = (b,) + (1,) * len(spatial) + (c,)
+    Every pass sums over the spatial axes per channel first (contiguous rows in NHWC), then over
+    the channels of a group: reducing a (B, H, W, G, C/G) view in one go ran 2-4x slower on
+    XLA:CPU. The VJP is written out (one reduction pass and one element-wise pass over the
+    input) and is traced once per call instead of differentiating about twenty primitives."""
+    return _group_norm_fwd(h, scale, bias, groups, eps)[0]
 
-    def group_mean(v: Array) -> Array:  # (B, C) per-channel sums -> (B, 1.., C) group means
-        g = v.reshape(b, groups, c // groups).sum(-1) / n
-        return jnp.repeat(g, c // groups, axis=1).reshape(per_channel)
 
-    d = h - group_mean(jnp.sum(h, spatial))
-    rstd = jax.lax.rsqrt(group_mean(jnp.sum(jnp.square(d), spatial)) + eps)
-    return d * (rstd * scale) + bias
+def _group_mean(v: Array, like: Array, groups: int) -> Array:
+    """Per-channel sums ``v`` (B, C) of ``like`` (B, ..., C) -> their group means, (B, 1.., C)."""
+    b, c = v.shape
+    n = math.prod(like.shape[1:-1]) * (c // groups)
+    g = v.reshape(b, groups, c // groups).sum(-1) / n
+    return jnp.repeat(g, c // groups, axis=1).reshape((b,) + (1,) * (like.ndim - 2) + (c,))
+
+
+def _channel_sums(h: Array) -> Array:
+    return jnp.sum(h, tuple(range(1, h.ndim - 1)))
+
+
+def _group_norm_fwd(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> tuple[Array, tuple]:
+    mean = _group_mean(_channel_sums(h), h, groups)
+    d = h - mean
+    rstd = jax.lax.rsqrt(_group_mean(_channel_sums(jnp.square(d)), h, groups) + eps)
+    return d * (rstd * scale) + bias, (h, mean, rstd, scale)
+
+
+def _group_norm_bwd(groups: int, eps: float, res: tuple, g: Array) -> tuple[Array, Array, Array]:
+    # xhat = (h - mean) rstd; d/dh: rstd (gx - mean(gx) - xhat mean(gx xhat)) with gx = g scale,
+    # means per group. xhat is recomputed from h (kept by the layers around anyway).
+    h, mean, rstd, scale = res
+    xhat = (h - mean) * rstd
+    gx = g * scale
+    m1 = _group_mean(_channel_sums(gx), h, groups)
+    m2 = _group_mean(_channel_sums(gx * xhat), h, groups)
+    batch_spatial = tuple(range(h.ndim - 1))
+    return (rstd * (gx - m1 - xhat * m2), jnp.sum(g * xhat, batch_spatial), jnp.sum(g, batch_spatial))
+
+
+group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+
+
+def silu(x: Array) -> Array:
+    """x * sigmoid(x), as ``jax.nn.silu`` but inline (not a nested jit: cheaper to trace)."""
+    return x * jax.lax.logistic(x)
 
 
 class Dense(nn.Module):
@@ -183,7 +213,7 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, emb: Array, train: bool = False) -> Array:
         oc = self.out_channels
-        h = nn.silu(GroupNorm32(name="in_layers_0")(x))
+        h = silu(GroupNorm32(name="in_layers_0")(x))
         if self.up or self.down:
             resample = _nearest_up2 if self.up else _avg_pool2
             h = resample(h)
@@ -192,14 +222,14 @@ class ResBlock(nn.Module):
 
         # Linear layers stay float32 in the original's fp16 mode; cast the result.
         emb_out = Dense(2 * oc if self.use_scale_shift_norm else oc, dtype=jnp.float32,
-                        precision=self.precision, name="emb_layers_1")(nn.silu(emb))
+                        precision=self.precision, name="emb_layers_1")(silu(emb))
         emb_out = emb_out.astype(self.dtype)[:, None, None, :]
         if self.use_scale_shift_norm:
             scale, shift = jnp.split(emb_out, 2, axis=-1)
             h = GroupNorm32(name="out_layers_0")(h) * (1 + scale) + shift
         else:
             h = GroupNorm32(name="out_layers_0")(h + emb_out)
-        h = nn.silu(h)
+        h = silu(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = _conv(oc, 3, "out_layers_3", self.dtype, self.precision)(h)
 
@@ -320,7 +350,7 @@ class UNet(nn.Module):
 
         emb = timestep_embedding(t, mc)
         emb = Dense(ted, precision=prec, name="time_embed_0")(emb)
-        emb = Dense(ted, precision=prec, name="time_embed_2")(nn.silu(emb))
+        emb = Dense(ted, precision=prec, name="time_embed_2")(silu(emb))
         if self.num_classes is not None:
             emb = emb + nn.Embed(self.num_classes, ted, param_dtype=jnp.float32,
                                  name="label_emb")(y)
@@ -388,7 +418,7 @@ class UNet(nn.Module):
 
         # The original casts back to the input dtype before ``out`` (float32 in fp16 mode).
         h = h.astype(jnp.float32)
-        h = nn.silu(GroupNorm32(name="out_0")(h))
+        h = silu(GroupNorm32(name="out_0")(h))
         return _conv(self.out_channels, 3, "out_2", jnp.float32, prec)(h)
 
 
