@@ -97,19 +97,19 @@ def lower_solve(*args: Any, **kwargs: Any) -> Any:
     instead of called; compiling the result puts the executable into the jit cache, so the next
     identical ``solve`` call neither traces nor compiles.
     """
-    real = solve_module._run_jit
+    real = solve_module._run_compiled
 
     def reach(*a: Any, **k: Any) -> Any:
         raise _Reached(a, k)
 
-    solve_module._run_jit = reach
+    solve_module._run_compiled = reach
     try:
         invdiff.solve(*args, **kwargs)
     except _Reached as r:
         a, k = r.call
         return real.lower(*a, **k)
     finally:
-        solve_module._run_jit = real
+        solve_module._run_compiled = real
     raise RuntimeError("invdiff.solve returned without reaching its compiled program")
 
 

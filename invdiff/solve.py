@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from invdiff import noise
+from invdiff import compiler, noise
 from invdiff.model import Model
 from invdiff.operator import LinearOperator, PartialIsometry, SVDOperator, _bdot, _per_sample
 from invdiff.schedule import repaint_schedule, transitions
@@ -268,7 +268,8 @@ def progress_interval(length: int) -> int:
 
 
 def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array, call_id: Array,
-         save_every: int, progress: bool, sharding: Any) -> tuple[Array, Trajectory | None]:
+         save_every: int, progress: bool, sharding: Any, resample: bool = True
+         ) -> tuple[Array, Trajectory | None]:
     _TRACES["count"] += 1
     length = tr[0].shape[0]
     every = progress_interval(length)
@@ -289,7 +290,8 @@ def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array,
         def go_up(_):
             return noise.renoise(x, beta, jax.random.normal(k, x.shape, x.dtype)), state, x0
 
-        x, state, x0 = jax.lax.cond(up, go_up, go_down, None)
+        # a walk without up-steps needs no branch (RePaint-style resampling walks do)
+        x, state, x0 = jax.lax.cond(up, go_up, go_down, None) if resample else go_down(None)
         if sharding is not None:
             x = jax.lax.with_sharding_constraint(x, sharding)
         if progress:
@@ -315,7 +317,15 @@ def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array,
     return carry[0], Trajectory(x=txs, x0hat=tx0, t=tt, position=tpos)
 
 
-_run_jit = jax.jit(_run, static_argnames=("save_every", "progress", "sharding"))
+_run_compiled = compiler.jit(_run, static_argnames=("save_every", "progress", "sharding", "resample"))
+
+
+def _run_jit(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array, call_id: Array,
+             **static: Any) -> tuple[Array, Trajectory | None]:
+    """The compiled walk; ``resample`` (static) is read off the walk's concrete ``up`` flags."""
+    up = tr[-1]
+    resample = isinstance(up, jax.core.Tracer) or bool(np.any(np.asarray(up)))
+    return _run_compiled(solver, problem, tr, x_init, key, call_id, resample=resample, **static)
 
 
 def shard_count(batch: int, devices: int) -> int:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from invdiff import compiler
 from invdiff.model import Model
 from invdiff.nets.unet import UNet, attention_ds, default_channel_mult, flax_module_to_torch
 from invdiff.noise import NoiseSchedule
@@ -194,9 +195,8 @@ def _top_level(module: Any, method_name: str) -> bool:
     return method_name == "__call__" and len(module.scope.path) == 1
 
 
-@functools.partial(jax.jit, static_argnames=("config", "dtype", "precision", "debug"))
-def _apply(params: Any, x: Array, t: Array, label: Array | None, *, config: ADMConfig,
-           dtype: Any, precision: Any = None, debug: bool = False) -> Any:
+def _apply_unet(params: Any, x: Array, t: Array, label: Array | None, *, config: ADMConfig,
+                dtype: Any, precision: Any = None, debug: bool = False) -> Any:
     """The UNet forward. ``debug=True`` also returns the ``intermediates`` collection with
     every attention block's weights and every top-level module's output."""
     net = config.unet(dtype, precision)
@@ -205,6 +205,9 @@ def _apply(params: Any, x: Array, t: Array, label: Array | None, *, config: ADMC
         return net.apply(variables, x, t, label, mutable=["intermediates"],
                          capture_intermediates=_top_level)
     return net.apply(variables, x, t, label)
+
+
+_apply = compiler.jit(_apply_unet, static_argnames=("config", "dtype", "precision", "debug"))
 
 
 def _dtype_key(dtype: Any) -> Any:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -60,16 +61,35 @@ def _conv_bwd(strides, padding, precision, res, g):
         pads.append((kk - 1 - lo, kk - 1 - hi + extra))
     dx = lax.conv_general_dilated(g, kt.astype(g.dtype), (1, 1), pads, lhs_dilation=strides, dimension_numbers=_DN,
                                   precision=precision)
-    _, k_vjp = jax.vjp(lambda kk: _plain(x, kk, strides, padding, precision), k)
-    return dx.astype(x.dtype), k_vjp(g)[0]
+    # kernel gradient: x correlated with g (batch and features swapped), g dilated by the stride;
+    # written out rather than traced through jax.vjp on every call (dropped when unused)
+    kpads = [(lo, kk + (m - 1) * s - n - lo)
+             for (lo, _), s, n, kk, m in zip(padding, strides, x.shape[1:3], k.shape[:2], g.shape[1:3])]
+    dk = lax.conv_general_dilated(x, g.astype(x.dtype), (1, 1), kpads, rhs_dilation=strides,
+                                  dimension_numbers=("CHWN", "IHWO", "HWNC"), precision=precision)
+    return dx.astype(x.dtype), dk.astype(k.dtype)
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def checked_param(module: nn.Module, name: str, init: Any, shape: tuple[int, ...]) -> Array:
+    """``module.param(name, init, shape, float32)``, without Flax's shape check by tracing the
+    initialiser on every apply (``jax.eval_shape`` per parameter: a third of the UNet's trace
+    time); the shape is compared directly instead."""
+    if module.has_variable("params", name):
+        value = module.get_variable("params", name)
+        if tuple(jnp.shape(value)) != tuple(shape):
+            raise flax.errors.ScopeParamShapeError(name, module.scope.path_text,
+                                                   tuple(jnp.shape(value)), tuple(shape))
+        return value
+    return module.param(name, init, shape, jnp.float32)
+
+
 class Conv2d(nn.Module):
     """``flax.linen.Conv`` for NHWC images with symmetric padding ``kernel // 2`` (the same
-    parameters, ``kernel`` (HWIO) and ``bias``, and the same dtype handling), on :func:`conv`."""
+    parameters, ``kernel`` (HWIO) and ``bias``, and the same dtype handling), on :func:`conv` and
+    :func:`checked_param`."""
 
     features: int
     kernel: int
@@ -79,9 +99,9 @@ class Conv2d(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        k = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel, self.kernel, x.shape[-1],
-                                                                 self.features), jnp.float32)
-        b = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        k = checked_param(self, "kernel", nn.initializers.lecun_normal(),
+                          (self.kernel, self.kernel, x.shape[-1], self.features))
+        b = checked_param(self, "bias", nn.initializers.zeros, (self.features,))
         dtype = self.dtype or jnp.result_type(x, k)
         x, k, b = x.astype(dtype), k.astype(dtype), b.astype(dtype)
         p = self.kernel // 2

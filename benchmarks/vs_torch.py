@@ -1,0 +1,503 @@
+"""invdiff's ADM UNet against guided-diffusion's PyTorch ``UNetModel`` on the same weights (CPU).
+
+torch is an optional benchmark extra (``pip install torch``), never a dependency of invdiff or
+its tests. The reference network is guided-diffusion's own source, fetched into a scratch folder
+outside this repository::
+
+    git clone https://github.com/openai/guided-diffusion /tmp/guided-diffusion
+    python3 benchmarks/vs_torch.py /tmp/guided-diffusion                  # the table
+    python3 benchmarks/vs_torch.py /tmp/guided-diffusion --layers         # time per layer type
+    python3 benchmarks/vs_torch.py /tmp/guided-diffusion --models emoji64 --batches 4 --repeats 40
+
+Models: ``emoji64`` (the bundled weights) and ``adm128``, a random 128-channel ADM at 64x64
+(``ADMConfig(image_size=64, num_channels=128, learn_sigma=True)``: create_model's defaults
+otherwise, 2 res blocks, channel_mult 1,2,3,4, attention at 16 and 8, 4 heads, scale-shift
+norm). invdiff's parameters are written into guided-diffusion's ``state_dict`` (key mapping
+:func:`invdiff.nets.unet.flax_to_torch_key`, layouts transposed) and loaded strictly; the
+outputs and input gradients of both are compared before anything is timed.
+
+What is timed, per model and batch (1, 4, 16 by default):
+
+* ``fwd``: one forward ``model(x, t, y)`` (torch under ``inference_mode``; invdiff's jitted
+  ``ADMModel.raw``);
+* ``fwd+vjp``: the forward and the gradient with respect to x of <out, g> for a fixed g
+  (``torch.autograd.grad`` with the weights frozen; invdiff: ``jax.vjp`` of ``raw``, jitted).
+
+Both sides run interleaved in one process: every repeat times invdiff, then torch at each
+thread count (``torch.set_num_threads``: 1 and 2 by default), in alternating order. The
+figure is the ratio invdiff / torch eager at torch's best thread count (the lowest median),
+of the medians, with the minima beside them. XLA:CPU runs on its own intra-op thread pool
+(one thread per visible core); invdiff sets no thread option.
+
+guided-diffusion's ``AttentionBlock`` always wraps itself in gradient checkpointing (its
+``checkpoint(..., True)``), which recomputes the block in the backward pass and asks for the
+weights' gradients. Here that wrapper is replaced by a plain call, so torch's backward does
+only what invdiff's does (gradients with respect to x, no recomputation).
+
+``--layers`` times each layer type of the network on its own, at every instance's real shape
+and weights (the instances are recorded from one torch forward): convolutions, GroupNorm
+(outside attention blocks), SiLU, attention blocks (norm, qkv, attention, proj_out) and the
+time embedding (timestep features, ``time_embed`` and every ResBlock's ``emb_layers``);
+invdiff's side jits all instances of one type into one program.
+
+Results: ``benchmarks/results/vs_torch_<machine>[_<tag>].md`` and ``.json``, with the machine
+(``invdiff.bench.machine_info``), thread settings and load averages. On a shared machine
+compare only rows of one file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from invdiff.bench import machine_info  # noqa: E402
+from invdiff.nets import ADMConfig, ADMModel, load_model  # noqa: E402
+from invdiff.nets.adm import init_params  # noqa: E402
+from invdiff.nets.conv import Conv2d  # noqa: E402
+from invdiff.nets.unet import AttentionBlock, Dense, GroupNorm32, flax_to_torch_key, timestep_embedding  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("emoji64", "adm128")
+#: relative tolerance of the output and input-gradient comparison before timing
+TOLERANCE = 1e-4
+
+
+# ---------------------------------------------------------------------------------------
+# The two networks on the same weights.
+
+
+def invdiff_model(name: str) -> ADMModel:
+    if name == "emoji64":
+        return load_model("emoji64")
+    if name == "adm128":
+        config = ADMConfig(image_size=64, num_channels=128, learn_sigma=True)
+        return ADMModel.create(config, init_params(config, jax.random.key(0)))
+    raise ValueError(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
+
+
+def _flat(tree: dict, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = np.asarray(v, np.float32)
+    return out
+
+
+def torch_state_dict(params: dict) -> dict[str, Any]:
+    """invdiff's parameters as guided-diffusion tensors (the inverse of the loader's layouts)."""
+    import torch
+
+    sd = {}
+    for path, a in _flat(params).items():
+        if path[-1] == "kernel":
+            if a.ndim == 4:  # (kh, kw, in, out) -> Conv2d (out, in, kh, kw)
+                a = a.transpose(3, 2, 0, 1)
+            elif path[-2] in ("qkv", "proj_out"):  # (in, out) -> Conv1d (out, in, 1)
+                a = a.T[:, :, None]
+            else:  # (in, out) -> Linear (out, in)
+                a = a.T
+        sd[flax_to_torch_key(path)] = torch.from_numpy(np.ascontiguousarray(a))
+    return sd
+
+
+def torch_model(gd_path: Path, model: ADMModel) -> Any:
+    sys.path.insert(0, str(gd_path))
+    try:
+        gd_unet = importlib.import_module("guided_diffusion.unet")
+    except ImportError as e:
+        raise SystemExit(f"cannot import guided_diffusion from {gd_path} ({e}): pass the folder of a "
+                         "clone of https://github.com/openai/guided-diffusion") from None
+    # AttentionBlock hard-codes gradient checkpointing; call the block directly (see the docstring)
+    gd_unet.checkpoint = lambda func, inputs, params, flag: func(*inputs)
+    net = gd_unet.UNetModel(**model.config.unet_kwargs()).eval()
+    net.load_state_dict(torch_state_dict(jax.device_get(model.params)), strict=True)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+class Case:
+    """One model at one batch size: inputs and the four callables, checked for agreement."""
+
+    def __init__(self, model: ADMModel, net: Any, batch: int):
+        import torch
+
+        cfg = model.config
+        s, c, oc = cfg.image_size, cfg.in_channels, cfg.out_channels
+        rng = np.random.default_rng(batch)
+        x = rng.standard_normal((batch, s, s, c)).astype(np.float32)
+        g = rng.standard_normal((batch, s, s, oc)).astype(np.float32)
+        t = np.full((batch,), 500, np.int64)
+        y = (np.arange(batch) % cfg.num_classes) if cfg.class_cond else None
+
+        self.x, self.g = jnp.asarray(x), jnp.asarray(g)
+        tj = jnp.asarray(t, jnp.int32)
+        yj = None if y is None else jnp.asarray(y, jnp.int32)
+        raw = lambda x: model.raw(x, tj, yj)
+        self.jax_fwd = jax.jit(raw)
+
+        def fwd_vjp(x, g):
+            out, vjp = jax.vjp(raw, x)
+            return out, vjp(g)[0]
+
+        self.jax_vjp = jax.jit(fwd_vjp)
+
+        self.xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        self.gt = torch.from_numpy(g.transpose(0, 3, 1, 2).copy())
+        self.tt = torch.from_numpy(t)
+        self.yt = None if y is None else torch.from_numpy(y)
+        self.net = net
+
+        # compile, and check that both compute the same thing
+        out_j = np.asarray(self.jax_fwd(self.x))
+        _, dx_j = jax.tree.map(np.asarray, self.jax_vjp(self.x, self.g))
+        with torch.inference_mode():
+            out_t = net(self.xt, self.tt, self.yt).numpy().transpose(0, 2, 3, 1)
+        dx_t = self.torch_vjp().numpy().transpose(0, 2, 3, 1)
+        self.out_rel = float(np.abs(out_j - out_t).max() / np.abs(out_t).max())
+        self.dx_rel = float(np.abs(dx_j - dx_t).max() / np.abs(dx_t).max())
+        if not (self.out_rel <= TOLERANCE and self.dx_rel <= TOLERANCE):
+            raise SystemExit(f"invdiff and torch disagree at batch {batch}: output {self.out_rel:.1e}, "
+                             f"input gradient {self.dx_rel:.1e} (relative to the largest value)")
+
+    def torch_fwd(self) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            return self.net(self.xt, self.tt, self.yt)
+
+    def torch_vjp(self) -> Any:
+        import torch
+
+        x = self.xt.clone().requires_grad_(True)
+        return torch.autograd.grad(self.net(x, self.tt, self.yt), x, self.gt)[0]
+
+    def callables(self) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
+        """mode -> (invdiff, torch)."""
+        return {
+            "fwd": (lambda: jax.block_until_ready(self.jax_fwd(self.x)), self.torch_fwd),
+            "fwd+vjp": (lambda: jax.block_until_ready(self.jax_vjp(self.x, self.g)), self.torch_vjp),
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Interleaved timing.
+
+
+def interleaved(fns: dict[str, tuple[Callable[[], Any], int | None]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each ``name -> (fn, torch threads or None)``, one call of each per
+    repeat, the order reversed every other repeat; one untimed warm-up call each."""
+    import torch
+
+    def run(fn: Callable[[], Any], threads: int | None) -> float:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    for fn, threads in fns.values():
+        run(fn, threads)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for k in names if r % 2 == 0 else names[::-1]:
+            times[k].append(run(*fns[k]))
+    return times
+
+
+def _stats(ts: list[float]) -> dict[str, float]:
+    return {"min_ms": min(ts) * 1e3, "median_ms": statistics.median(ts) * 1e3}
+
+
+def compare(jax_fn: Callable[[], Any], torch_fn: Callable[[], Any], threads: list[int],
+            repeats: int) -> dict[str, Any]:
+    fns = {"invdiff": (jax_fn, None), **{f"torch{n}": (torch_fn, n) for n in threads}}
+    times = interleaved(fns, repeats)
+    stats = {k: _stats(v) for k, v in times.items()}
+    best = min(threads, key=lambda n: stats[f"torch{n}"]["median_ms"])
+    tb = stats[f"torch{best}"]
+    return {
+        "invdiff": stats["invdiff"], "torch": {n: stats[f"torch{n}"] for n in threads},
+        "torch_best_threads": best,
+        "ratio_median": stats["invdiff"]["median_ms"] / tb["median_ms"],
+        "ratio_min": stats["invdiff"]["min_ms"] / tb["min_ms"],
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Layer types on their own (--layers).
+
+
+def _flax_path(torch_name: str) -> tuple[str, ...]:
+    """``"input_blocks.1.0.in_layers.2"`` -> ``("input_blocks_1_0", "in_layers_2")``."""
+    parts: list[str] = []
+    for tok in torch_name.split("."):
+        if tok.isdigit() and parts:
+            parts[-1] += f"_{tok}"
+        else:
+            parts.append(tok)
+    return tuple(parts)
+
+
+def _subtree(params: dict, path: tuple[str, ...]) -> dict:
+    for p in path:
+        params = params[p]
+    return params
+
+
+def layer_cases(model: ADMModel, net: Any, case: Case) -> dict[str, dict[str, Any]]:
+    """Per layer type: the torch modules with their recorded inputs, and an invdiff program
+    over the same instances. Returns type -> {"torch": [(module, input)], "jax": (fn, args)}."""
+    import torch
+    import torch.nn.functional as F
+
+    gd_unet = sys.modules["guided_diffusion.unet"]
+    gd_nn = sys.modules["guided_diffusion.nn"]
+    names = {m: n for n, m in net.named_modules()}
+    attn_names = [n for n, m in net.named_modules() if isinstance(m, gd_unet.AttentionBlock)]
+    rec: dict[str, list[tuple[str, Any, Any]]] = {k: [] for k in ("conv", "groupnorm", "silu", "attention")}
+
+    def hook(kind: str) -> Callable:
+        def f(mod: Any, inputs: tuple, output: Any) -> None:
+            rec[kind].append((names[mod], mod, inputs[0].detach().clone()))
+        return f
+
+    handles = []
+    for n, m in net.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            handles.append(m.register_forward_hook(hook("conv")))
+        elif isinstance(m, gd_nn.GroupNorm32) and not any(n.startswith(a + ".") for a in attn_names):
+            handles.append(m.register_forward_hook(hook("groupnorm")))
+        elif isinstance(m, torch.nn.SiLU) and not n.startswith("time_embed") and ".emb_layers." not in n:
+            handles.append(m.register_forward_hook(hook("silu")))
+        elif isinstance(m, gd_unet.AttentionBlock):
+            handles.append(m.register_forward_hook(hook("attention")))
+    case.torch_fwd()
+    for h in handles:
+        h.remove()
+
+    params = model.params
+    out: dict[str, dict[str, Any]] = {}
+
+    def jax_program(apply_one: Callable, items: list[tuple[Any, Any]]) -> tuple[Callable, tuple]:
+        ps = [p for p, _ in items]
+        xs = [jnp.asarray(x.numpy().transpose(0, 2, 3, 1)) for _, x in items]
+
+        def fwd(ps, xs):
+            return [apply_one(p, x, i) for i, (p, x) in enumerate(zip(ps, xs))]
+
+        return fwd, (ps, xs)
+
+    convs = [(n, m, x) for n, m, x in rec["conv"]]
+    conv_mods = [Conv2d(m.out_channels, m.kernel_size[0], strides=m.stride[0]) for _, m, _ in convs]
+    out["conv"] = {"torch": [(m, x) for _, m, x in convs],
+                   "jax": jax_program(lambda p, x, i: conv_mods[i].apply({"params": p}, x),
+                                      [(_subtree(params, _flax_path(n)), x) for n, _, x in convs])}
+    gn = GroupNorm32()
+    out["groupnorm"] = {"torch": [(m, x) for _, m, x in rec["groupnorm"]],
+                        "jax": jax_program(lambda p, x, i: gn.apply({"params": p}, x),
+                                           [(_subtree(params, _flax_path(n)), x) for n, _, x in rec["groupnorm"]])}
+    out["silu"] = {"torch": [(m, x) for _, m, x in rec["silu"]],
+                   "jax": jax_program(lambda p, x, i: jax.nn.silu(x), [({}, x) for _, _, x in rec["silu"]])}
+    attn = rec["attention"]
+    attn_mods = [AttentionBlock(m.channels, m.num_heads, -1, isinstance(m.attention, gd_unet.QKVAttention))
+                 for _, m, _ in attn]
+    out["attention"] = {"torch": [(m, x) for _, m, x in attn],
+                        "jax": jax_program(lambda p, x, i: attn_mods[i].apply({"params": p}, x),
+                                           [(_subtree(params, _flax_path(n)), x) for n, _, x in attn])}
+
+    # time embedding: timestep features, time_embed MLP, every ResBlock's emb_layers
+    mc = model.config.num_channels
+    emb_names = [n for n, m in net.named_modules() if n.endswith(".emb_layers")]
+    t_np = case.tt.numpy()
+
+    def torch_emb(_: Any = None) -> Any:
+        e = net.time_embed(gd_nn.timestep_embedding(case.tt, mc))
+        return [net.get_submodule(n)(e) for n in emb_names]
+
+    emb_dense = [Dense(net.get_submodule(n)[1].out_features) for n in emb_names]
+
+    def jax_emb(p: dict, t: Any) -> list:
+        e = Dense(4 * mc).apply({"params": p["time_embed_0"]}, timestep_embedding(t, mc))
+        e = Dense(4 * mc).apply({"params": p["time_embed_2"]}, jax.nn.silu(e))
+        return [d.apply({"params": _subtree(p, _flax_path(n))["emb_layers_1"]}, jax.nn.silu(e))
+                for d, n in zip(emb_dense, (n[: -len(".emb_layers")] for n in emb_names))]
+
+    out["time embedding"] = {"torch_fn": torch_emb,
+                             "jax": (lambda p, t: jax_emb(p, t), (params, jnp.asarray(t_np, jnp.int32)))}
+    del F
+    return out
+
+
+def layer_callables(entry: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
+    import torch
+
+    fn, args = entry["jax"]
+    fwd = jax.jit(fn)
+    has_input = not isinstance(args[1], jax.Array) or args[1].dtype != jnp.int32
+
+    if "torch_fn" in entry:
+        def t_fwd() -> Any:
+            with torch.inference_mode():
+                return entry["torch_fn"]()
+        return {"fwd": (lambda: jax.block_until_ready(fwd(*args)), t_fwd)}
+
+    gs = [jnp.ones_like(o) for o in jax.eval_shape(fn, *args)]
+    gts = [torch.ones_like(x) if isinstance(m, torch.nn.Conv2d) is False else None for m, x in entry["torch"]]
+    del gts
+
+    def vjp(ps, xs, gs):
+        o, f = jax.vjp(lambda xs: fn(ps, xs), xs)
+        return o, f(gs)[0]
+
+    jv = jax.jit(vjp)
+    pairs = entry["torch"]
+
+    def t_fwd() -> Any:
+        with torch.inference_mode():
+            return [m(x) for m, x in pairs]
+
+    def t_vjp() -> Any:
+        res = []
+        for m, x in pairs:
+            xx = x.clone().requires_grad_(True)
+            o = m(xx)
+            res.append(torch.autograd.grad(o, xx, torch.ones_like(o))[0])
+        return res
+
+    assert has_input
+    return {"fwd": (lambda: jax.block_until_ready(fwd(*args)), t_fwd),
+            "fwd+vjp": (lambda: jax.block_until_ready(jv(*args, gs)), t_vjp)}
+
+
+# ---------------------------------------------------------------------------------------
+# Output.
+
+
+def _slug(info: dict[str, Any]) -> str:
+    name = "cpu" if info["backend"] == "cpu" else info["device_kind"]
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+
+
+def write_results(result: dict[str, Any], tag: str | None) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = result["meta"]
+    stem = f"vs_torch_{_slug(meta['machine'])}" + (f"_{tag}" if tag else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    m = meta["machine"]
+    lines = [
+        f"# invdiff ADM vs guided-diffusion (PyTorch eager) — {m['machine']}", "",
+        f"- jax {m['jax']}, torch {meta['torch']}, date {meta['date']}; command: `{meta['command']}`",
+        f"- threads: XLA:CPU intra-op pool of {m['cpu_count']} (one per visible core; invdiff sets no "
+        f"thread option); torch.set_num_threads in {meta['torch_threads']}, inter-op threads "
+        f"{meta['torch_interop_threads']}; env {meta['thread_env'] or 'none set'}",
+        f"- load average before {meta['load_before']}, after {meta['load_after']}: "
+        + ("**the machine was shared with other jobs during the run**; " if meta["shared"] else "")
+        + "both sides ran interleaved in one process, so load affects them alike; "
+        "compare rows of this file only",
+        f"- {meta['repeats']} timed repeats per cell after one warm-up call (batch 16: "
+        f"{meta['repeats_large']}); ms per call: median (min); ratio = invdiff / torch at its best "
+        "thread count (lowest median), of medians (of minima)",
+        "- before timing, outputs and input gradients agreed to the relative error shown "
+        f"(limit {TOLERANCE:g})", "",
+    ]
+    if result["rows"]:
+        lines += ["| model | batch | mode | invdiff ms | torch ms (threads) | best | ratio | ratio of min | "
+                  "agreement |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in result["rows"]:
+            tt = ", ".join(f"{v['median_ms']:.1f} ({v['min_ms']:.1f}) @{n}" for n, v in r["torch"].items())
+            lines.append(
+                f"| {r['model']} | {r['batch']} | {r['mode']} | {r['invdiff']['median_ms']:.1f} "
+                f"({r['invdiff']['min_ms']:.1f}) | {tt} | {r['torch_best_threads']} | "
+                f"**{r['ratio_median']:.2f}** | {r['ratio_min']:.2f} | {r['agreement']:.0e} |")
+    if result["layers"]:
+        lines += ["", "Layer types on their own (all instances of the type at their real shapes; "
+                  "ms per network call):", "",
+                  "| model | batch | layer type | instances | mode | invdiff ms | torch ms (threads) | ratio |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in result["layers"]:
+            tt = ", ".join(f"{v['median_ms']:.2f} @{n}" for n, v in r["torch"].items())
+            lines.append(f"| {r['model']} | {r['batch']} | {r['layer']} | {r['instances']} | {r['mode']} | "
+                         f"{r['invdiff']['median_ms']:.2f} | {tt} | {r['ratio_median']:.2f} |")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    return RESULTS / f"{stem}.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("guided_diffusion", type=Path, help="folder of a clone of openai/guided-diffusion")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--batches", default="1,4,16")
+    ap.add_argument("--modes", default="fwd,fwd+vjp")
+    ap.add_argument("--torch-threads", default="1,2")
+    ap.add_argument("--repeats", type=int, default=30, help="timed repeats per cell")
+    ap.add_argument("--repeats-large", type=int, default=10, help="timed repeats at batch >= 16")
+    ap.add_argument("--layers", action="store_true", help="also time each layer type on its own")
+    ap.add_argument("--tag", default=None)
+    args = ap.parse_args(argv)
+    import torch
+
+    threads = [int(n) for n in args.torch_threads.split(",")]
+    modes = args.modes.split(",")
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    rows, layers = [], []
+    for name in args.models.split(","):
+        model = invdiff_model(name)
+        net = torch_model(args.guided_diffusion, model)
+        for batch in (int(b) for b in args.batches.split(",")):
+            case = Case(model, net, batch)
+            reps = args.repeats if batch < 16 else args.repeats_large
+            print(f"{name} batch {batch}: agree to {case.out_rel:.1e} (output), {case.dx_rel:.1e} (gradient)",
+                  flush=True)
+            for mode, (jf, tf) in case.callables().items():
+                if mode not in modes:
+                    continue
+                r = compare(jf, tf, threads, reps)
+                r.update(model=name, batch=batch, mode=mode,
+                         agreement=case.out_rel if mode == "fwd" else max(case.out_rel, case.dx_rel))
+                rows.append(r)
+                print(f"  {mode}: invdiff {r['invdiff']['median_ms']:.1f} ms, torch "
+                      f"{r['torch'][r['torch_best_threads']]['median_ms']:.1f} ms @{r['torch_best_threads']} "
+                      f"-> ratio {r['ratio_median']:.2f} (min {r['ratio_min']:.2f})", flush=True)
+            if args.layers:
+                for layer, entry in layer_cases(model, net, case).items():
+                    n_inst = len(entry.get("torch", [])) or 1
+                    for mode, (jf, tf) in layer_callables(entry).items():
+                        if mode not in modes:
+                            continue
+                        r = compare(jf, tf, threads, reps)
+                        r.update(model=name, batch=batch, layer=layer, instances=n_inst, mode=mode)
+                        layers.append(r)
+                        print(f"  {layer} {mode}: ratio {r['ratio_median']:.2f}", flush=True)
+    load_after = [round(v, 2) for v in os.getloadavg()]
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS") if k in os.environ}
+    meta = dict(machine=machine_info(), torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M"),
+                command="python3 benchmarks/vs_torch.py GUIDED_DIFFUSION " + " ".join((argv or sys.argv[1:])[1:]),
+                torch_threads=threads, torch_interop_threads=torch.get_num_interop_threads(), thread_env=env,
+                load_before=load_before, load_after=load_after,
+                shared=max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1) + 1,
+                repeats=args.repeats, repeats_large=args.repeats_large, tolerance=TOLERANCE)
+    path = write_results({"meta": meta, "rows": rows, "layers": layers}, args.tag)
+    print(f"wrote {path} and .json")
+
+
+if __name__ == "__main__":
+    main()
