@@ -31,6 +31,7 @@ def _configure_compilation_cache() -> None:
 
 _configure_compilation_cache()
 
+from invdiff.guidance import Guided, guided  # noqa: E402
 from invdiff.model import FunctionModel, Model  # noqa: E402
 from invdiff.noise import NoiseSchedule  # noqa: E402
 from invdiff.operator import (  # noqa: E402
@@ -50,6 +51,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Composed",
     "FunctionModel",
+    "Guided",
     "LinearFunction",
     "LinearOperator",
     "MatrixFree",
@@ -62,6 +64,7 @@ __all__ = [
     "Solver",
     "Step",
     "compose",
+    "guided",
     "load_model",
     "noised",
     "repaint_schedule",
