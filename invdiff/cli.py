@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--images", type=int, default=2, help="validation images per operator (default 2)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--label", type=int, default=None,
-                   help="condition every image on this class id (default: each image's true class)")
+                   help="condition every image on this class id (default: unconditional when the model has a "
+                        "null class, as emoji64 v2; else each image's true class)")
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser("train", help="train an ADM UNet (resumes from WORKDIR's last checkpoint)")

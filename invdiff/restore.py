@@ -88,7 +88,8 @@ def restore(
       steps: respaced diffusion steps (default: the solver's paper setting).
       sigma_y: measurement noise std the solver assumes, model units ([-1, 1] images).
       seed: seeds the sampler and random masks; the same seed gives the same result.
-      label: class id for a class-conditional model (required by emoji64: 0-9).
+      label: class id for a class-conditional model (emoji64: 0-9); None runs a model with a
+        null class unconditionally (required by class-conditional models without one).
       model: a bundled model name, a model directory or a loaded model.
       fmt: output format ``png`` or ``jpg`` (default: each input's own).
       batch_size: solve at most this many images per compiled call (default: all at once).
@@ -145,10 +146,10 @@ def restore(
     if channels != 3:
         raise ValueError(f"restore works on RGB images; this model takes {channels} channels")
     if cfg.class_cond:
-        if label is None:
-            raise ValueError(f"this model is class-conditional: pass --label K, a class id in [0, {cfg.num_classes}) "
-                             f"(emoji64's classes are listed in docs/emoji64.md)")
-        if not 0 <= label < cfg.num_classes:
+        if label is None and getattr(net, "null_label", None) is None:
+            raise ValueError(f"this model is class-conditional and has no null class to run without a label: pass "
+                             f"--label K, a class id in [0, {cfg.num_classes}) (emoji64: see docs/emoji64.md)")
+        if label is not None and not 0 <= label < cfg.num_classes:
             raise ValueError(f"--label must be a class id in [0, {cfg.num_classes}), got {label}")
     elif label is not None:
         raise ValueError("this model is not class-conditional: leave out --label")
@@ -189,7 +190,7 @@ def restore(
     solver_obj = solver_registry.make(solver, steps)
     total = len(solver_obj.walk()) - 1  # transitions of the walk
     chunk = batch_size or n
-    labels = np.full((n,), label, np.int32) if cfg.class_cond else None
+    labels = np.full((n,), label, np.int32) if label is not None else None
 
     bar = None
     if progress is True:
