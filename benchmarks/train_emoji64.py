@@ -51,6 +51,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup-steps", type=int, default=500)
     p.add_argument("--ema-decay", type=float, default=0.9995)
+    p.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false",
+                   help="constant EMA decay from step 0 (fine-tuning: the average starts at --init's weights)")
     p.add_argument("--label-dropout", type=float, default=0.1)
     p.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR-γ loss weighting (default: none)")
     p.add_argument("--dtype", default="bfloat16")
@@ -61,7 +63,8 @@ def main() -> None:
     a = p.parse_args()
     config = ADMConfig.from_flags(**FLAGS)
     tc = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup_steps=a.warmup_steps,
-                     ema_decay=a.ema_decay, checkpoint_every=a.checkpoint_every, log_every=a.log_every,
+                     ema_decay=a.ema_decay, ema_warmup=a.ema_warmup, checkpoint_every=a.checkpoint_every,
+                     log_every=a.log_every,
                      dtype=a.dtype, grad_clip=1.0, seed=a.seed, label_dropout=a.label_dropout,
                      min_snr_gamma=a.min_snr_gamma)
     init = None

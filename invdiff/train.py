@@ -53,6 +53,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.9995
+    #: ramp the EMA decay up as (1 + step) / (10 + step) (a random start is forgotten fast);
+    #: False keeps ``ema_decay`` from step 0, so a fine-tune's average starts at its ``init`` weights
+    ema_warmup: bool = True
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     log_every: int = 50
@@ -248,9 +251,9 @@ def _global_norm(tree: Any) -> Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(tree)))
 
 
-def _ema_update(ema: Any, params: Any, step: Array, decay: float) -> Any:
+def _ema_update(ema: Any, params: Any, step: Array, decay: float, warmup: bool = True) -> Any:
     # warm-up of the EMA decay so early averages are not dominated by the random init
-    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
     return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
@@ -281,7 +284,7 @@ def _make_train_step(config: ADMConfig, tc: TrainConfig, opt: optax.GradientTran
             label_dropout=tc.dropout_for(config), min_snr_gamma=tc.min_snr_gamma)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = _ema_update(state.ema, params, state.step, tc.ema_decay)
+        ema = _ema_update(state.ema, params, state.step, tc.ema_decay, tc.ema_warmup)
         metrics = dict(loss=loss, grad_norm=_global_norm(grads), **aux)
         return TrainState(step=state.step + 1, params=params, ema=ema, opt_state=opt_state), metrics
 
