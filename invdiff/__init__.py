@@ -31,6 +31,7 @@ def _configure_compilation_cache() -> None:
 
 _configure_compilation_cache()
 
+from invdiff.guidance import Guided, guided  # noqa: E402
 from invdiff.model import FunctionModel, Model  # noqa: E402
 from invdiff.noise import NoiseSchedule  # noqa: E402
 from invdiff.operator import (  # noqa: E402
@@ -51,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Composed",
     "FunctionModel",
+    "Guided",
     "LinearFunction",
     "LinearOperator",
     "MatrixFree",
@@ -64,6 +66,7 @@ __all__ = [
     "Step",
     "TiledModel",
     "compose",
+    "guided",
     "load_model",
     "noised",
     "repaint_schedule",

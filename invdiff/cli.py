@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--images", type=int, default=2, help="validation images per operator (default 2)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--label", type=int, default=None,
-                   help="condition every image on this class id (default: each image's true class)")
+                   help="condition every image on this class id (default: unconditional when the model has a "
+                        "null class; else each image's true class)")
     d.add_argument("--overwrite", action="store_true", help="replace the output files of an earlier demo run")
     d.set_defaults(func=_cmd_demo)
 

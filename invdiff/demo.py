@@ -87,11 +87,14 @@ OUTPUT_FILES = ("grid.png", "results.md", "results.csv")
 
 def run_demo(out: str | Path = "invdiff-demo", full: bool = False, images: int = 2, seed: int = 0,
              model: Any = None, solvers: list[str] | None = None, progress: bool = True,
-             label: int | None = None, overwrite: bool = False) -> Path:
+             label: int | None = None, steps: int | None = None, overwrite: bool = False) -> Path:
     """Run the demo and write ``grid.png``, ``results.md`` and ``results.csv`` into ``out``.
 
-    A class-conditional model is conditioned on each image's true category, or on class
-    ``label`` for every image (class-conditional restoration with a chosen class).
+    A model with a null class runs unconditionally, as a user with an unlabelled image would;
+    ``label`` conditions every image on that class instead. A class-conditional model without a
+    null class (today's bundled emoji64) is conditioned on each image's true category unless
+    ``label`` is given. ``steps`` runs every solver at that many steps instead of the preset
+    (``solvers.make``: RePaint then resamples with short jumps).
     Existing output files are refused before any work unless ``overwrite``. After Ctrl-C the
     solve in progress finishes, the files are written with the solves done so far, and
     :class:`invdiff.guard.Interrupted` names the solves not done."""
@@ -101,11 +104,11 @@ def run_demo(out: str | Path = "invdiff-demo", full: bool = False, images: int =
     out = writable_dir(out)
     check_outputs([out / f for f in OUTPUT_FILES], overwrite=overwrite)
     with deferred_interrupts() as stop:
-        return _run_demo(out, full, images, seed, model, solvers, progress, label, stop)
+        return _run_demo(out, full, images, seed, model, solvers, progress, label, steps, stop)
 
 
 def _run_demo(out: Path, full: bool, images: int, seed: int, model: Any, solvers: list[str] | None,
-              progress: bool, label: int | None, stop: Any) -> Path:
+              progress: bool, label: int | None, steps: int | None, stop: Any) -> Path:
     import invdiff
     import solvers as solver_registry
     from invdiff import metrics
@@ -118,14 +121,15 @@ def _run_demo(out: Path, full: bool, images: int, seed: int, model: Any, solvers
     x_all, labels_all = x_all[:images], labels_all[:images]
     if model is None:
         model = invdiff.load_model("emoji64")
-    conditional = getattr(getattr(model, "config", None), "class_cond", False)
+    class_cond = getattr(getattr(model, "config", None), "class_cond", False)
     if label is not None:
-        if not conditional:
+        if not class_cond:
             raise ValueError("--label needs a class-conditional model")
         n_classes = model.config.num_classes
         if not 0 <= label < n_classes:
             raise ValueError(f"--label must be a class id in [0, {n_classes}), got {label}")
         labels_all = np.full_like(labels_all, label)
+    conditional = class_cond and (label is not None or getattr(model, "null_label", None) is None)
     tasks = build_tasks(x_all, labels_all, jax.random.key(seed))
 
     from tqdm.auto import tqdm
@@ -139,7 +143,10 @@ def _run_demo(out: Path, full: bool, images: int, seed: int, model: Any, solvers
             not_done += [f"{name} · {t.name}" for t in tasks]
             continue
         cls = solver_registry.get(name)
-        solver = cls() if full else cls(**DEMO_SETTINGS.get(name, {}))
+        if steps is not None:
+            solver = solver_registry.make(name, steps)
+        else:
+            solver = cls() if full else cls(**DEMO_SETTINGS.get(name, {}))
         outputs[name] = []
         for task in tasks:
             if stop.requested:
@@ -184,8 +191,14 @@ def _run_demo(out: Path, full: bool, images: int, seed: int, model: Any, solvers
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
-    md = [f"# invdiff demo ({'paper settings' if full else 'CPU demo preset'}; {images} image(s) per task, "
-          f"seed {seed})", "",
+    preset = f"{steps} steps each" if steps is not None else "paper settings" if full else "CPU demo preset"
+    if label is not None:
+        cond = f"conditioned on class {label}"
+    elif conditional:
+        cond = "conditioned on each image's true class"
+    else:
+        cond = "unconditional (the model's null class)" if class_cond else "unconditional model"
+    md = [f"# invdiff demo ({preset}; {images} image(s) per task, seed {seed}; {cond})", "",
           "PSNR/SSIM against the ground truth ([-1, 1] images, data range 2); consistency = "
           "||A x − y|| / ||y||; outside MSE = mean squared change of the known pixels (inpainting); "
           "seconds = wall time of the solve call that produced the row, compilation included "

@@ -9,6 +9,9 @@ Models whose network also predicts the variance (guided-diffusion's learned-rang
 "learn_sigma" models, 6 output channels) set ``learned_variance = True`` and implement
 :meth:`Model.eps_and_v`, returning v ∈ [-1, 1] (the interpolation between log β' and log β̃).
 Ancestral solvers use it; fixed-variance models use the posterior variance β̃.
+
+Class-conditional models that learned a "no label" class report its id as ``null_label``
+(None otherwise); :func:`invdiff.guided` wraps such a model with classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ class Model(struct.PyTreeNode):
     #: The range of clean data, e.g. (-1.0, 1.0) for image networks: solvers clip x̂0 to it
     #: (guided-diffusion's clip_denoised). None: unbounded (analytic priors).
     data_range: tuple[float, float] | None = struct.field(pytree_node=False, default=None, kw_only=True)
+
+    @property
+    def null_label(self) -> int | None:
+        """The class id of a learned "no label" class, or None. When it is not None,
+        ``label=None`` runs a class-conditional model unconditionally, and
+        :func:`invdiff.guided` can apply classifier-free guidance to it."""
+        return None
 
     @property
     def nfe_per_call(self) -> int:

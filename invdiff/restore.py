@@ -98,12 +98,13 @@ class Job:
     seed: int
 
 
-def _check_label(cfg: Any, label: int | None) -> None:
+def _check_label(net: Any, label: int | None) -> None:
+    cfg = net.config
     if cfg.class_cond:
-        if label is None:
-            raise ValueError(f"this model is class-conditional: pass --label K, a class id in [0, {cfg.num_classes}) "
-                             f"(emoji64's classes are listed in docs/emoji64.md)")
-        if not 0 <= label < cfg.num_classes:
+        if label is None and getattr(net, "null_label", None) is None:
+            raise ValueError(f"this model is class-conditional and has no null class to run without a label: pass "
+                             f"--label K, a class id in [0, {cfg.num_classes}) (emoji64: see docs/emoji64.md)")
+        if label is not None and not 0 <= label < cfg.num_classes:
             raise ValueError(f"--label must be a class id in [0, {cfg.num_classes}), got {label}")
     elif label is not None:
         raise ValueError("this model is not class-conditional: leave out --label")
@@ -217,7 +218,7 @@ def prepare(
     s, channels = cfg.image_size, cfg.in_channels
     if channels != 3:
         raise ValueError(f"restore works on RGB images; this model takes {channels} channels")
-    _check_label(cfg, label)
+    _check_label(net, label)
     low = s // factor if operator in _SR and s % factor == 0 else None
     xs, given = zip(*(_read_input(p, s, low, resize) for p in paths))
     given = [g or operator.startswith("deblur") for g in given]  # a blurred input is y itself
@@ -233,7 +234,7 @@ def prepare(
         if g:
             y[i] = xs[i]
     return Job(paths=paths, targets=targets, measurements=measurements, model=net, op=op, y=y,
-               labels=np.full((n,), label, np.int32) if cfg.class_cond else None,
+               labels=np.full((n,), label, np.int32) if label is not None else None,
                solver=solver_registry.make(solver, steps), sigma_y=float(sigma_y), seed=int(seed))
 
 
@@ -302,7 +303,8 @@ def restore(
       steps: respaced diffusion steps (default: the solver's paper setting).
       sigma_y: measurement noise std the solver assumes, model units ([-1, 1] images).
       seed: seeds the sampler and random masks; the same seed gives the same result.
-      label: class id for a class-conditional model (required by emoji64: 0-9).
+      label: class id for a class-conditional model (emoji64: 0-9); None runs a model with a
+        null class unconditionally (required by class-conditional models without one).
       model: a bundled model name, a model directory or a loaded model.
       fmt: output format ``png`` or ``jpg`` (default: each input's own).
       batch_size: solve at most this many images per compiled call (default: all at once);

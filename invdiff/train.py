@@ -3,6 +3,15 @@
 The loss is guided-diffusion's (Nichol & Dhariwal 2021, "Improved DDPM", sec. 3.1): the ε MSE
 plus, for learned-range variance models, the variational bound term L_vlb with a stop-gradient
 on the mean (the "hybrid" objective, λ = 1, scaled by T/1000 as in gaussian_diffusion.py).
+Two options on top:
+
+* min-SNR-γ weighting (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
+  Strategy", eq. 7 for ε-prediction): the ε MSE of a sample at t is weighted by
+  min(SNR_t, γ) / SNR_t, SNR_t = ᾱ_t / (1 − ᾱ_t). Low-noise steps (SNR > γ), whose ε targets are
+  the hardest and noisiest, stop dominating the gradient. The L_vlb term is not reweighted.
+* label dropout (Ho & Salimans 2022, classifier-free guidance): for a model with a null class
+  (``ADMConfig.null_class``), each label is replaced by the null class with probability p, so
+  the same network learns the unconditional ε(x, ∅).
 
 Everything that decides a step — the batch drawn, the timesteps, the noise — is a pure
 function of (seed, step), so a run killed and restarted from its last orbax checkpoint
@@ -45,12 +54,32 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.9995
+    #: ramp the EMA decay up as (1 + step) / (10 + step) (a random start is forgotten fast);
+    #: False keeps ``ema_decay`` from step 0, so a fine-tune's average starts at its ``init`` weights
+    ema_warmup: bool = True
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     log_every: int = 50
     seed: int = 0
     flip: bool = False  # random horizontal flips (off: emoji are not mirror-symmetric)
     dtype: str = "float32"  # compute dtype; "bfloat16" on GPUs
+    #: probability of training on the null class instead of the label; None: 0.1 for a model
+    #: with a null class (``ADMConfig.null_class``), 0 otherwise
+    label_dropout: float | None = None
+    #: γ of min-SNR-γ loss weighting (Hang et al. 2023; 5 in the paper); None: unweighted
+    min_snr_gamma: float | None = None
+
+    def dropout_for(self, config: ADMConfig) -> float:
+        """The label-dropout probability used for ``config``; ValueError if it cannot apply."""
+        p = self.label_dropout
+        if p is None:
+            return 0.1 if config.null_class else 0.0
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"label_dropout must be a probability in [0, 1), got {p}")
+        if p > 0 and not config.null_class:
+            raise ValueError(f"label_dropout={p} needs a model with a null class to drop labels to: set the "
+                             f"ADM flag null_class=True (class-conditional models), or label_dropout=0")
+        return p
 
 
 @struct.dataclass
@@ -155,14 +184,33 @@ def _schedule_tables(config: ADMConfig) -> dict[str, Array]:
         post_logvar=s.posterior_log_variance_clipped, post_var=s.posterior_variance).items()}
 
 
+def min_snr_weights(abar: Array, gamma: float) -> Array:
+    """min(SNR, γ) / SNR with SNR = ᾱ / (1 − ᾱ): Hang et al. 2023's weights of the ε-MSE."""
+    snr = abar / (1.0 - abar)
+    return jnp.minimum(snr, gamma) / snr
+
+
+def drop_labels(label: Array, null_label: int, p: float, key: Array) -> Array:
+    """Each label replaced by ``null_label`` with probability ``p``, independently."""
+    drop = jax.random.bernoulli(key, p, jnp.shape(label))
+    return jnp.where(drop, jnp.asarray(null_label, label.dtype), label)
+
+
 def diffusion_loss(params: Any, config: ADMConfig, dtype: Any, x0: Array, label: Array | None,
-                   key: Array, dropout_key: Array) -> tuple[Array, dict[str, Array]]:
-    """guided-diffusion's training loss for one batch; returns (loss, {"mse", "vb"})."""
+                   key: Array, dropout_key: Array, *, label_dropout: float = 0.0,
+                   min_snr_gamma: float | None = None) -> tuple[Array, dict[str, Array]]:
+    """guided-diffusion's training loss for one batch; returns (loss, {"mse", "vb"}).
+
+    ``label_dropout``: probability of replacing each label by the null class (models with
+    ``null_class``). ``min_snr_gamma``: weight the ε-MSE by min(SNR, γ)/SNR; the reported
+    "mse" stays the unweighted mean so runs with and without weighting compare."""
     tab = _schedule_tables(config)
     T = config.diffusion_steps
     kt, kn = jax.random.split(key)
     b = x0.shape[0]
     t = jax.random.randint(kt, (b,), 0, T)
+    if label_dropout > 0:
+        label = drop_labels(label, config.null_label, label_dropout, jax.random.fold_in(key, 2))
     noise = jax.random.normal(kn, x0.shape, jnp.float32)
     g = lambda name: tab[name][t][:, None, None, None]
     x_t = jnp.sqrt(g("abar")) * x0 + jnp.sqrt(g("omab")) * noise
@@ -172,6 +220,7 @@ def diffusion_loss(params: Any, config: ADMConfig, dtype: Any, x0: Array, label:
     eps = out[..., :c]
     mse = jnp.mean((eps - noise) ** 2, axis=(1, 2, 3))
     terms = {"mse": mse}
+    weighted = mse if min_snr_gamma is None else min_snr_weights(tab["abar"][t], min_snr_gamma) * mse
     if config.learn_sigma:
         v = out[..., c:2 * c]
         eps_frozen = jax.lax.stop_gradient(eps)
@@ -184,7 +233,7 @@ def diffusion_loss(params: Any, config: ADMConfig, dtype: Any, x0: Array, label:
         nll = -jnp.mean(_discretized_gaussian_log_likelihood(x0, mean_p, 0.5 * logvar_p), axis=(1, 2, 3))
         vb = jnp.where(t == 0, nll / math.log(2.0), kl) * (T / 1000.0)
         terms["vb"] = vb
-    loss = jnp.mean(sum(terms.values()))
+    loss = jnp.mean(weighted + terms.get("vb", 0.0))
     return loss, {k: jnp.mean(v) for k, v in terms.items()}
 
 
@@ -203,9 +252,9 @@ def _global_norm(tree: Any) -> Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(tree)))
 
 
-def _ema_update(ema: Any, params: Any, step: Array, decay: float) -> Any:
+def _ema_update(ema: Any, params: Any, step: Array, decay: float, warmup: bool = True) -> Any:
     # warm-up of the EMA decay so early averages are not dominated by the random init
-    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
     return jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
 
 
@@ -232,10 +281,11 @@ def _make_train_step(config: ADMConfig, tc: TrainConfig, opt: optax.GradientTran
         k_loss, k_drop = jax.random.split(key)
         x0 = jax.lax.with_sharding_constraint(x0, data)
         (loss, aux), grads = jax.value_and_grad(diffusion_loss, has_aux=True)(
-            state.params, config, dtype, x0, label, k_loss, k_drop)
+            state.params, config, dtype, x0, label, k_loss, k_drop,
+            label_dropout=tc.dropout_for(config), min_snr_gamma=tc.min_snr_gamma)
         updates, opt_state = opt.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = _ema_update(state.ema, params, state.step, tc.ema_decay)
+        ema = _ema_update(state.ema, params, state.step, tc.ema_decay, tc.ema_warmup)
         metrics = dict(loss=loss, grad_norm=_global_norm(grads), **aux)
         return TrainState(step=state.step + 1, params=params, ema=ema, opt_state=opt_state), metrics
 
@@ -255,8 +305,13 @@ def _device_batch(ds: Dataset, idx: np.ndarray, flip: bool, seed: int, step: int
 
 def train(config: ADMConfig, data: Dataset | str | os.PathLike[str], workdir: str | os.PathLike[str],
           tc: TrainConfig = TrainConfig(), *, progress: bool = True,
-          stop_after: int | None = None, time_limit_s: float | None = None) -> ADMModel:
+          stop_after: int | None = None, time_limit_s: float | None = None,
+          init: ADMModel | None = None) -> ADMModel:
     """Train (or resume) a model in ``workdir``; returns the EMA model.
+
+    ``init``: start a new run from this model's weights (fine-tuning; its config must be
+    ``config``, e.g. ``model.with_null_class()`` to add a null class) instead of a random
+    initialisation. A run that resumes from a checkpoint ignores it.
 
     ``workdir`` holds orbax checkpoints (``ckpt/``, every ``tc.checkpoint_every`` steps and at
     the end) and ``config.json``. Starting again with the same workdir resumes from the last
@@ -266,6 +321,12 @@ def train(config: ADMConfig, data: Dataset | str | os.PathLike[str], workdir: st
     """
     import orbax.checkpoint as ocp
 
+    tc.dropout_for(config)  # ValueError before anything is loaded
+    if tc.min_snr_gamma is not None and not tc.min_snr_gamma > 0:
+        raise ValueError(f"min_snr_gamma must be > 0 (5 in Hang et al. 2023) or None, got {tc.min_snr_gamma}")
+    if init is not None and getattr(init, "config", None) != config:
+        raise ValueError(f"init must be an ADMModel with the run's configuration {config.describe()}; got "
+                         f"{getattr(init, 'config', type(init).__name__)}")
     ds = data if isinstance(data, Dataset) else load_dataset(data, config.image_size)
     if config.class_cond and ds.labels is None:
         raise ValueError("class_cond=True needs labels in the dataset ('labels' in the .npz or one "
@@ -294,7 +355,10 @@ def train(config: ADMConfig, data: Dataset | str | os.PathLike[str], workdir: st
     opt = make_optimizer(tc)
 
     def fresh_state() -> TrainState:
-        params = init_params(config, jax.random.key(tc.seed))
+        if init is not None:
+            params = jax.tree.map(lambda a: jnp.array(a, jnp.float32, copy=True), init.params)  # donated
+        else:
+            params = init_params(config, jax.random.key(tc.seed))
         return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
                           ema=jax.tree.map(jnp.copy, params), opt_state=opt.init(params))
 

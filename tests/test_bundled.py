@@ -45,7 +45,7 @@ def test_bundled_model_denoises_better_than_the_noisy_input(model):
 
 
 def test_demo_writes_grid_and_table(tmp_path, model):
-    out = run_demo(tmp_path / "demo", images=1, solvers=["ddnm"], model=model, progress=False)
+    out = run_demo(tmp_path / "demo", images=1, solvers=["ddnm"], model=model, progress=False, steps=20)
     assert (out / "grid.png").stat().st_size > 1000
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert {r["task"] for r in rows} == {"inpaint-box", "inpaint-thick", "inpaint-random", "colorize", "sr4"}

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from invdiff.nets.adm import ADMConfig
+from invdiff.nets.adm import ADMConfig, ADMModel
 from invdiff.train import Dataset, TrainConfig, batch_indices, train
 
 TINY = ADMConfig.from_flags(image_size=8, num_channels=32, channel_mult="1,2", num_res_blocks=1,
                             attention_resolutions="4", learn_sigma=True, class_cond=True,
-                            num_classes=3, num_head_channels=32)
+                            num_classes=3, num_head_channels=32, null_class=True)
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +43,17 @@ def read_log(path):
 
 
 def test_training_learns_and_resumes_exactly_after_a_kill(tmp_path, data):
-    tc = TrainConfig(steps=40, batch_size=8, lr=2e-3, warmup_steps=5, checkpoint_every=10, log_every=1)
-    straight = train(TINY, data, tmp_path / "a", tc, progress=False)
+    # fine-tuning from given weights, with label dropout (0.1 by default) and min-SNR-5 weighting
+    tc = TrainConfig(steps=40, batch_size=8, lr=2e-3, warmup_steps=5, checkpoint_every=10, log_every=1,
+                     min_snr_gamma=5.0)
+    start = ADMModel.init_random(TINY, jax.random.key(5))
+    straight = train(TINY, data, tmp_path / "a", tc, progress=False, init=start)
+    assert np.isfinite(leaves(start)[0]).all(), "the initial model's weights are not donated away"
     mse = [r["mse"] for r in read_log(tmp_path / "a" / "log.jsonl")]
     assert len(mse) == 40
     assert np.mean(mse[-10:]) < 0.8 * np.mean(mse[:10]), "the ε-loss must go down"
     # a run killed after 20 steps (its checkpoint at step 20 is the last thing written) ...
-    train(TINY, data, tmp_path / "b", tc, progress=False, stop_after=20)
+    train(TINY, data, tmp_path / "b", tc, progress=False, stop_after=20, init=start)
     assert sorted(p.name for p in (tmp_path / "b" / "ckpt").iterdir() if p.name.isdigit()) == ["10", "20"]
     # ... started again continues from step 20 to the same weights as the straight run
     resumed = train(TINY, data, tmp_path / "b", tc, progress=False)
@@ -57,11 +61,17 @@ def test_training_learns_and_resumes_exactly_after_a_kill(tmp_path, data):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     eps = resumed.eps(jnp.zeros((2, 8, 8, 3)), jnp.array([10, 900]), jnp.array([0, 2]))
     assert eps.shape == (2, 8, 8, 3) and bool(jnp.all(jnp.isfinite(eps)))
+    assert bool(jnp.all(jnp.isfinite(resumed.eps(jnp.zeros((2, 8, 8, 3)), jnp.array([10, 900])))))
 
 
 def test_clear_errors(tmp_path, data):
     unlabeled = Dataset(images=data.images, labels=None)
     with pytest.raises(ValueError, match="needs labels"):
         train(TINY, unlabeled, tmp_path / "x", TrainConfig(steps=1, batch_size=4), progress=False)
+    with pytest.raises(ValueError, match="null_class=True"):
+        train(ADMConfig.from_flags(**{**TINY.to_flags(), "null_class": False}), data, tmp_path / "z",
+              TrainConfig(steps=1, label_dropout=0.1), progress=False)
+    with pytest.raises(ValueError, match="init must be"):
+        train(TINY, data, tmp_path / "w", TrainConfig(steps=1), progress=False, init=object())
     with pytest.raises(FileNotFoundError, match="no dataset"):
         train(TINY, tmp_path / "missing.npz", tmp_path / "y", TrainConfig(steps=1), progress=False)

@@ -3,9 +3,10 @@
 :class:`ADMConfig` holds exactly the flags of guided-diffusion's ``create_model`` /
 ``model_and_diffusion_defaults`` (script_util.py) that shape the network, plus
 ``in_channels``, ``num_classes`` (create_model hard-codes 1000) and the two diffusion flags
-that define the noise schedule. :class:`ADMModel` is an :class:`invdiff.model.Model`: a PyTree
-whose only leaves are the network parameters, so it crosses ``jax.jit`` without recompiling
-for new weights.
+that define the noise schedule, and invdiff's ``null_class`` (a learned "no label" class for
+classifier-free guidance; off for every guided-diffusion checkpoint). :class:`ADMModel` is an
+:class:`invdiff.model.Model`: a PyTree whose only leaves are the network parameters, so it
+crosses ``jax.jit`` without recompiling for new weights.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class ADMConfig:
     ("" picks the default for ``image_size``, "1,2,2") or a tuple; ``attention_resolutions``
     is in pixels ("32,16,8"), converted to downsample factors ``image_size // res``.
     ``use_fp16`` and ``use_checkpoint`` are accepted and ignored.
+
+    ``null_class`` (invdiff's, not guided-diffusion's; needs ``class_cond``) adds one row to
+    the class embedding ``label_emb``: class id ``num_classes`` is the learned "no label" class
+    of classifier-free guidance (Ho & Salimans 2022), trained by label dropout. Such a model
+    runs unconditionally with ``label=None``. guided-diffusion checkpoints have no null class.
     """
 
     image_size: int = 64
@@ -69,6 +75,7 @@ class ADMConfig:
     dropout: float = 0.0
     resblock_updown: bool = False
     use_new_attention_order: bool = False
+    null_class: bool = False
     in_channels: int = 3
     diffusion_steps: int = 1000
     noise_schedule: str = "linear"
@@ -95,6 +102,9 @@ class ADMConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.null_class and not self.class_cond:
+            raise ValueError("null_class=True adds a 'no label' class to a class-conditional model: "
+                             "it needs class_cond=True")
         if self.noise_schedule not in ("linear", "cosine"):
             raise ValueError(
                 f"noise_schedule must be 'linear' or 'cosine', got {self.noise_schedule!r}"
@@ -162,7 +172,15 @@ class ADMConfig:
 
     @property
     def label_count(self) -> int | None:
-        return self.num_classes if self.class_cond else None
+        """Rows of the class embedding: ``num_classes`` (+ 1 for the null class), or None."""
+        if not self.class_cond:
+            return None
+        return self.num_classes + int(self.null_class)
+
+    @property
+    def null_label(self) -> int | None:
+        """The class id of the learned "no label" class (``num_classes``), or None."""
+        return self.num_classes if self.null_class else None
 
     def unet_kwargs(self) -> dict[str, Any]:
         """``UNetModel`` keyword arguments, as create_model computes them."""
@@ -188,6 +206,8 @@ class ADMConfig:
     def describe(self) -> str:
         s = self.image_size
         kind = f"class-conditional ({self.num_classes} classes)" if self.class_cond else "unconditional"
+        if self.null_class:
+            kind = kind[:-1] + " + a null class)"
         return f"{s}x{s}x{self.in_channels} {kind} ADM"
 
 
@@ -246,15 +266,40 @@ class ADMModel(Model):
         """Randomly initialised weights (Flax initialisers; not the original's zero-init)."""
         return cls.create(config, init_params(config, key), dtype)
 
+    @property
+    def null_label(self) -> int | None:
+        """The class id of the learned "no label" class, or None (see ``ADMConfig.null_class``)."""
+        return self.config.null_label
+
+    def with_null_class(self) -> ADMModel:
+        """This class-conditional model with a null class added, for fine-tuning with label
+        dropout. The new ``label_emb`` row is the mean of the class rows: before any training
+        the "unconditional" model is conditioned on the average class."""
+        cfg = self.config
+        if not cfg.class_cond or cfg.null_class:
+            raise ValueError(f"with_null_class needs a class-conditional model without a null class; "
+                             f"this is a {cfg.describe()}")
+        emb = jnp.asarray(self.params["label_emb"]["embedding"])
+        params = {**self.params, "label_emb": {"embedding": jnp.concatenate(
+            [emb, emb.mean(axis=0, keepdims=True)])}}
+        return ADMModel.create(dataclasses.replace(cfg, null_class=True), params, self.dtype,
+                               self.precision)
+
+    def _labels(self, label: Any, batch: int) -> Array | None:
+        if label is None:
+            return None if self.config.null_label is None else jnp.full(
+                (batch,), self.config.null_label, jnp.int32)
+        return jnp.asarray(label)
+
     # -- the Model contract ------------------------------------------------------------------
     def raw(self, x: Array, t: Array, label: Array | None = None) -> Array:
-        """The network output, NHWC, all ``out_channels`` (ε first, then v for learn_sigma)."""
+        """The network output, NHWC, all ``out_channels`` (ε first, then v for learn_sigma).
+        ``label=None`` on a model with a null class runs it unconditionally."""
         self.check_input(tuple(np.shape(x)), label)
-        t = jnp.broadcast_to(jnp.asarray(t), (np.shape(x)[0],))
-        if label is not None:
-            label = jnp.asarray(label)
-        return _apply(self.params, x, t, label, config=self.config, dtype=self.dtype,
-                      precision=self.precision)
+        b = np.shape(x)[0]
+        t = jnp.broadcast_to(jnp.asarray(t), (b,))
+        return _apply(self.params, x, t, self._labels(label, b), config=self.config,
+                      dtype=self.dtype, precision=self.precision)
 
     def eps(self, x: Array, t: Array, label: Array | None = None) -> Array:
         c = self.config.in_channels
@@ -292,9 +337,12 @@ class ADMModel(Model):
                 )
             return
         if label is None:
+            if cfg.null_class:
+                return  # unconditional: the null class
             raise ValueError(
-                f"this {cfg.describe()} needs class labels: pass label=... with integer class "
-                f"ids of shape ({x_shape[0]},), each in [0, {cfg.num_classes})"
+                f"this {cfg.describe()} needs class labels: it has no null class to run "
+                f"unconditionally. Pass label=... with integer class ids of shape "
+                f"({x_shape[0]},), each in [0, {cfg.num_classes})"
             )
         lshape = tuple(np.shape(label))
         if lshape != (x_shape[0],):
@@ -307,9 +355,11 @@ class ADMModel(Model):
             raise ValueError(f"label must hold integer class ids, got dtype {ldtype}")
         if not isinstance(label, jax.core.Tracer):
             lv = np.asarray(label)
-            if lv.size and (lv.min() < 0 or lv.max() >= cfg.num_classes):
+            n = cfg.label_count  # the null class's id, num_classes, is a valid label too
+            if lv.size and (lv.min() < 0 or lv.max() >= n):
+                null = f" ({cfg.num_classes}: the null class)" if cfg.null_class else ""
                 raise ValueError(
-                    f"labels must lie in [0, {cfg.num_classes}) for this model, got values from "
+                    f"labels must lie in [0, {n}){null} for this model, got values from "
                     f"{lv.min()} to {lv.max()}"
                 )
 
@@ -332,7 +382,7 @@ def abstract_params(config: ADMConfig) -> Any:
 def _debug_run(model: ADMModel, x: Array, t: Array, label: Array | None) -> tuple[Array, Any]:
     model.check_input(tuple(np.shape(x)), label)
     t = jnp.broadcast_to(jnp.asarray(t), (np.shape(x)[0],))
-    out, state = _apply(model.params, x, t, None if label is None else jnp.asarray(label),
+    out, state = _apply(model.params, x, t, model._labels(label, np.shape(x)[0]),
                         config=model.config, dtype=model.dtype, precision=model.precision,
                         debug=True)
     return out, state.get("intermediates", {})
