@@ -99,7 +99,8 @@ def _cmd_restore(args: argparse.Namespace) -> None:
                       mask_type=args.mask_type, factor=args.factor, steps=args.steps, sigma_y=args.sigma_y,
                       seed=args.seed, label=args.label, model=args.model, resize=args.resize, fmt=args.format,
                       batch_size=args.batch_size, save_measurement=args.save_measurement,
-                      overwrite=args.overwrite, progress=not args.quiet)
+                      overwrite=args.overwrite, progress=not args.quiet, size_mode=args.size_mode,
+                      tile=args.tile, overlap=args.overlap)
     print(f"wrote {len(written)} image(s) to {args.out}")
 
 
@@ -119,9 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "restore", help="restore your own images (inpainting, colorization, super-resolution, deblurring, CS)",
         description="Restore PNG/JPEG images with a diffusion prior. Inpainting: the mask says which pixels are "
-                    "known (white = known, black = missing). sr: an input of size model/factor is the "
-                    "low-resolution measurement itself; a full-size input is downsampled first.")
-    r.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG or JPEG images, solved together in one batch")
+                    "known (white = known, black = missing). Inputs may have any size: a result has its input's "
+                    "size; images smaller than the model are padded, larger ones restored in overlapping tiles "
+                    "blended at every step. sr: an input of the model's size is downsampled first (a test of "
+                    "the solver); an input of any other size is the low-resolution measurement itself and its "
+                    "result is --factor times larger.")
+    r.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="PNG or JPEG images; those of one size are solved together in one batch")
     r.add_argument("--operator", required=True, metavar="NAME",
                    help="inpaint, colorize, sr (average pooling), sr-bicubic (torch's antialiased bicubic), "
                         "deblur-gauss, deblur-uniform, deblur-motion (the input is the blurred image), or cs<P> "
@@ -141,7 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampler, random-mask, motion-kernel and CS-subset seed (default 0)")
     r.add_argument("--label", type=int, help="class id for a class-conditional model (emoji64: 0-9)")
     r.add_argument("--model", default="emoji64", help="bundled model name or model directory (default emoji64)")
-    r.add_argument("--resize", action="store_true", help="resize inputs to the model's size (bicubic)")
+    r.add_argument("--resize", action="store_true",
+                   help="squeeze every input to the model's size (bicubic) instead of restoring it at its own size")
+    r.add_argument("--size-mode", dest="size_mode", default="auto", choices=["auto", "pad", "direct", "tile"],
+                   help="an input whose size is not the model's: auto (default: pad a smaller one with unknown "
+                        "pixels, tile a larger one), pad, direct (the network at the input's size), tile")
+    r.add_argument("--tile", type=int, help="tile side in pixels (default: the model's size)")
+    r.add_argument("--overlap", type=int,
+                   help="least overlap of neighbouring tiles in pixels (default: a quarter tile)")
     r.add_argument("--format", choices=["png", "jpg"], help="output format (default: each input's own)")
     r.add_argument("--batch-size", dest="batch_size", type=int,
                    help="at most this many images per compiled call (default: all at once)")

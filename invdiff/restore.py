@@ -2,9 +2,16 @@
 
 Every input is read as RGB and mapped to the model's [-1, 1] units (8- and 16-bit files at
 full precision, transparency over white, EXIF orientation applied: see
-:mod:`invdiff.images`), the measurement y is formed, all inputs are solved together in one
-batched, compiled call (or in chunks of ``batch_size``), and each chunk's results are written
-to ``OUT/<input name>`` (atomically) as soon as it is done.
+:mod:`invdiff.images`), the measurement y is formed, the inputs of one size are solved
+together in one batched, compiled call (or in chunks of ``batch_size``), and each chunk's
+results are written to ``OUT/<input name>`` (atomically) as soon as it is done.
+
+Inputs may have any size, and each result has its input's size: an image smaller than the
+model is padded to the model's size with the padding unknown (the operator is extended by a
+crop), a larger one is restored in overlapping tiles of the model's size whose network
+outputs are blended at every step (:func:`invdiff.solve_any_size`, :func:`invdiff.tiled`;
+the README's "Any image size" says which solvers and operators that is exact for).
+``--resize`` squeezes every input to the model's size instead.
 
 Nothing a user has is replaced unasked: before any work, existing outputs are refused unless
 ``overwrite`` (``--overwrite``), and outputs that would replace an input, a read-only file or
@@ -19,8 +26,9 @@ What an input means, per operator:
   level >= 0.5 counts as white; same size as the input) or ``--mask-type FAMILY`` (random
   families draw one mask per image from ``--seed``).
 * ``colorize``: a colour or greyscale image; its grey level (the channel mean) is observed.
-* ``sr``: either the low-resolution image itself (size = model size / factor: it *is* the
-  measurement) or a full-size image, which is first downsampled (f x f average pooling).
+* ``sr``: an image of the model's size is downsampled first (f x f average pooling: a test of
+  the solver on a known image); an image of any other size is the low-resolution measurement
+  itself and its result is ``factor`` times larger.
   ``sr-bicubic``: the same with torch's antialiased bicubic downsampling (the papers' "SR x4").
 * ``deblur-gauss``, ``deblur-uniform``, ``deblur-motion``: the blurred image itself (it is the
   measurement); the kernels are those of :mod:`operators.named` (the motion one drawn from
@@ -83,6 +91,17 @@ def measurement_path(target: Path) -> Path:
 
 
 @dataclasses.dataclass
+class Group:
+    """The inputs of one result size, solved together: what one operator acts on."""
+
+    index: list[int]  # positions of the inputs in Job.paths
+    size: tuple[int, int]  # (H, W) of the results
+    op: Any  # the operator for these inputs at that size (inpainting: one mask row per input)
+    y: np.ndarray  # (len(index), *y_shape) in model units
+    plan: Any  # invdiff.tiling.Plan: how the size is run (native, padded, direct or tiled)
+
+
+@dataclasses.dataclass
 class Job:
     """A restore job whose inputs are read and checked: what :func:`restore` solves and writes."""
 
@@ -90,12 +109,14 @@ class Job:
     targets: list[Path]  # one result per input
     measurements: list[Path]  # one A⁺y file per input, or none
     model: Any
-    op: Any  # the operator for the whole batch (inpainting: one mask row per input)
-    y: np.ndarray  # (n, *y_shape) in model units
-    labels: np.ndarray | None
+    groups: list[Group]  # the inputs by result size
+    labels: np.ndarray | None  # one per input
     solver: Any
     sigma_y: float
     seed: int
+    size_mode: str = "auto"
+    tile: int | None = None
+    overlap: int | None = None
 
 
 def _check_label(net: Any, label: int | None) -> None:
@@ -110,24 +131,27 @@ def _check_label(net: Any, label: int | None) -> None:
         raise ValueError("this model is not class-conditional: leave out --label")
 
 
-def _read_input(p: Path, s: int, low: int | None, resize: bool) -> tuple[np.ndarray, bool]:
-    """One input in model units and whether it is the low-resolution measurement itself (sr).
-    Its size (as shown, EXIF orientation included) is checked from the header, before the
-    pixels are decoded."""
+def _read_input(p: Path, operator: str, s: int, factor: int, resize: bool) -> tuple[np.ndarray, bool]:
+    """One input in model units and whether it is the measurement itself (deblurring; sr: a
+    low-resolution input). Its size (as shown, EXIF orientation included) is read from the
+    header first. Any size is taken (:func:`invdiff.solve_any_size`); ``resize`` squeezes an
+    input to the model's size instead (as older versions had to)."""
     from invdiff.images import load_image, open_image, oriented_size
 
     im = open_image(p)
     w, h = oriented_size(im)
-    given = low is not None and (w, h) == (low, low)
-    if not resize and not given and (w, h) != (s, s):
-        im.close()
-        sizes = f"{s}x{s}" + (f" (or {low}x{low}, the low-resolution measurement)" if low else "")
-        raise ValueError(f"{p} is {w}x{h} but the model takes {sizes}; resize it or pass --resize")
-    return load_image(p, size=None if given else s, image=im), given
+    if operator.startswith("deblur"):
+        return load_image(p, size=s if resize else None, image=im), True
+    if operator in _SR:
+        # the model's size (or --resize): a full-size image, downsampled first; any other: y itself
+        given = (w, h) == (s // factor, s // factor) or ((w, h) != (s, s) and not resize)
+        return load_image(p, size=None if given else s, image=im), given
+    return load_image(p, size=s if resize and (w, h) != (s, s) else None, image=im), False
 
 
-def _read_mask(mask_path: Path, paths: Sequence[Path], s: int) -> np.ndarray:
-    """The (s, s) known-pixel mask; it must have every input's size (checked from headers first)."""
+def _read_mask(mask_path: Path, paths: Sequence[Path], size: int | None) -> np.ndarray:
+    """The known-pixel mask (resized to (size, size) if given); it must have every input's size
+    (checked from headers first)."""
     from invdiff.images import load_mask, open_image, oriented_size
 
     with open_image(mask_path) as im:
@@ -138,7 +162,7 @@ def _read_mask(mask_path: Path, paths: Sequence[Path], s: int) -> np.ndarray:
         if (w, h) != (mw, mh):
             raise ValueError(f"the mask {mask_path} is {mw}x{mh} but the image {p} is {w}x{h}; give a mask of the "
                              f"image's size")
-    known = load_mask(mask_path, size=(s, s))
+    known = load_mask(mask_path, size=None if size is None else (size, size))
     if not known.any():
         warnings.warn(f"the mask {mask_path} has no known (white) pixel: nothing of the inputs is used and every "
                       f"pixel is generated", UserWarning, stacklevel=3)
@@ -166,6 +190,9 @@ def prepare(
     fmt: str | None = None,
     save_measurement: bool = False,
     overwrite: bool = False,
+    size_mode: str = "auto",
+    tile: int | None = None,
+    overlap: int | None = None,
 ) -> Job:
     """Check the arguments and the outputs, load the model and read the inputs (arguments as
     :func:`restore`); nothing is solved or written. Cheap checks come first: arguments, the
@@ -177,6 +204,7 @@ def prepare(
     import solvers as solver_registry
     from invdiff.guard import check_outputs
     from invdiff.images import writable_dir
+    from invdiff.tiling import MODES, plan
     from operators import masks, named
 
     # ---- everything that can be checked before loading or computing anything ----------
@@ -205,7 +233,14 @@ def prepare(
     mask_path = Path(mask) if mask is not None else None
     if mask_path is not None and not mask_path.is_file():
         raise FileNotFoundError(f"mask file not found: {mask_path}")
+    if size_mode not in MODES:
+        raise ValueError(f"unknown size mode {size_mode!r}: choose one of {', '.join(MODES)}")
+    for flag, v in (("--tile", tile), ("--overlap", overlap)):
+        if v is not None and (int(v) != v or v < (1 if flag == "--tile" else 0)):
+            raise ValueError(f"{flag} must be a {'positive' if flag == '--tile' else 'non-negative'} number of "
+                             f"pixels, got {v}")
     out = writable_dir(out)
+    n = len(paths)
     targets = output_paths(paths, out, fmt)
     measurements = [measurement_path(t) for t in targets] if save_measurement else []
     check_outputs(targets + measurements, overwrite=overwrite, inputs=paths + ([mask_path] if mask_path else []))
@@ -219,50 +254,66 @@ def prepare(
     if channels != 3:
         raise ValueError(f"restore works on RGB images; this model takes {channels} channels")
     _check_label(net, label)
-    low = s // factor if operator in _SR and s % factor == 0 else None
-    xs, given = zip(*(_read_input(p, s, low, resize) for p in paths))
-    given = [g or operator.startswith("deblur") for g in given]  # a blurred input is y itself
-    mask_arr = _read_mask(mask_path, paths, s).astype(np.float32) if mask_path is not None else None
+    mask_arr = (_read_mask(mask_path, paths, s if resize else None).astype(np.float32)
+                if mask_path is not None else None)  # sizes checked from the headers first
+    xs, given = zip(*(_read_input(p, operator, s, int(factor), resize) for p in paths))
 
-    n = len(paths)
+    # the inputs by result size: each size is one operator (a low-resolution sr input is y itself)
     name = degradation_name(operator, factor, mask_type)
-    op = named.make(name, (n, s, s, channels), jax.random.key(seed), mask=mask_arr).op
-    # y = A x for full-size inputs, in one batched call; a low-resolution sr input is y itself
-    full = np.stack([np.zeros((s, s, channels), np.float32) if g else x for x, g in zip(xs, given)])
-    y = np.array(op.A(jnp.asarray(full)))
-    for i, g in enumerate(given):
-        if g:
-            y[i] = xs[i]
-    return Job(paths=paths, targets=targets, measurements=measurements, model=net, op=op, y=y,
+    f = int(factor) if operator in _SR else 1
+    sizes = [(x.shape[0] * f, x.shape[1] * f) if g and operator in _SR else x.shape[:2] for x, g in zip(xs, given)]
+    groups = []
+    for g_i, size in enumerate(dict.fromkeys(sizes)):
+        index = [i for i, z in enumerate(sizes) if z == size]
+        key = jax.random.key(seed) if g_i == 0 else jax.random.fold_in(jax.random.key(seed), g_i)
+        op = named.make(name, (len(index), *size, channels), key, mask=mask_arr).op
+        full = np.stack([np.zeros((*size, channels), np.float32) if given[i] else xs[i] for i in index])
+        y = np.array(op.A(jnp.asarray(full)))  # y = A x for full-size inputs, in one batched call
+        for j, i in enumerate(index):
+            if given[i]:
+                if y[j].shape != xs[i].shape:
+                    raise ValueError(f"{paths[i]} is {xs[i].shape[1]}x{xs[i].shape[0]}, but a {size[1]}x{size[0]} "
+                                     f"result measures {y[j].shape[1]}x{y[j].shape[0]}")
+                y[j] = xs[i]
+        try:
+            run = plan(net, size, size_mode, tile, overlap)
+        except ValueError as e:
+            raise ValueError(f"{paths[index[0]]} ({size[1]}x{size[0]}): {e}") from None
+        groups.append(Group(index=index, size=size, op=op, y=y, plan=run))
+    return Job(paths=paths, targets=targets, measurements=measurements, model=net, groups=groups,
                labels=np.full((n,), label, np.int32) if label is not None else None,
-               solver=solver_registry.make(solver, steps), sigma_y=float(sigma_y), seed=int(seed))
+               solver=solver_registry.make(solver, steps), sigma_y=float(sigma_y), seed=int(seed),
+               size_mode=size_mode, tile=tile, overlap=overlap)
 
 
-def _rows(job: Job, sl: slice) -> Any:
-    """The operator for the inputs ``sl`` (inpainting masks are per input)."""
+def _rows(group: Group, rows: slice) -> Any:
+    """The operator for the rows ``rows`` of a group (inpainting masks are per input)."""
     from operators import Inpainting
 
-    return Inpainting(job.op.mask[sl]) if isinstance(job.op, Inpainting) else job.op
+    return Inpainting(group.op.mask[rows]) if isinstance(group.op, Inpainting) else group.op
 
 
-def write_batch(job: Job, sl: slice, x: np.ndarray) -> list[Path]:
-    """Write the results ``x`` of the inputs ``sl`` (and their A⁺y files); returns the results' paths."""
+def write_batch(job: Job, group: Group, rows: slice, x: np.ndarray) -> list[Path]:
+    """Write the results ``x`` of a group's rows ``rows`` (and their A⁺y files); returns the results' paths."""
     import jax.numpy as jnp
 
     from invdiff.images import save_image
 
-    written = [save_image(dst, xi) for dst, xi in zip(job.targets[sl], x)]
+    index = group.index[rows]
+    written = [save_image(job.targets[i], xi) for i, xi in zip(index, x)]
     if job.measurements:
-        for dst, m in zip(job.measurements[sl], np.asarray(_rows(job, sl).pinv(jnp.asarray(job.y[sl])))):
-            save_image(dst, m)
+        for i, m in zip(index, np.asarray(_rows(group, rows).pinv(jnp.asarray(group.y[rows])))):
+            save_image(job.measurements[i], m)
     return written
 
 
-def _summary(job: Job, done: int) -> str:
+def _summary(job: Job, done: list[int]) -> str:
     from invdiff.guard import _listing
 
-    wrote = f"wrote {done} of {len(job.paths)} result(s)" + (f" ({_listing(job.targets[:done])})" if done else "")
-    return f"{wrote}; not restored: {_listing(job.paths[done:])}"
+    wrote = f"wrote {len(done)} of {len(job.paths)} result(s)"
+    if done:
+        wrote += f" ({_listing([job.targets[i] for i in sorted(done)])})"
+    return f"{wrote}; not restored: {_listing([p for i, p in enumerate(job.paths) if i not in set(done)])}"
 
 
 def restore(
@@ -285,14 +336,17 @@ def restore(
     save_measurement: bool = False,
     overwrite: bool = False,
     progress: bool | Callable[[int, int], None] = True,
+    size_mode: str = "auto",
+    tile: int | None = None,
+    overlap: int | None = None,
 ) -> list[Path]:
     """Restore the images ``inputs`` and write them to ``out``; returns the written paths.
 
     Args:
       inputs: PNG or JPEG files (8 or 16 bits; transparency is composited over white; the
-        EXIF orientation is applied). They must have the model's size (64x64 for emoji64)
-        unless ``resize`` (bicubic) is set; for ``sr`` a low-resolution input (size / factor)
-        is the measurement itself.
+        EXIF orientation is applied), of any size: each result has its input's size (``sr``:
+        ``factor`` times it). Inputs of one size are solved together; see ``size_mode``.
+        ``resize`` (bicubic) squeezes every input to the model's size instead, as before.
       operator: ``inpaint``, ``colorize``, ``sr``, ``sr-bicubic``, ``deblur-gauss``,
         ``deblur-uniform``, ``deblur-motion`` or ``cs<P>`` (see the module docstring).
       solver: a name from ``solvers.SOLVERS`` (default ``ddnm``).
@@ -313,6 +367,12 @@ def restore(
       overwrite: replace existing output files (otherwise they are refused before any work).
       progress: a tqdm bar (True), none (False) or a callback ``progress(done, total)`` in
         transitions, called from inside the compiled loop.
+      size_mode: how an image whose size is not the model's runs (:func:`invdiff.tiling.plan`):
+        ``auto`` (default: a smaller image is padded to the model's size, with the padding
+        unknown; a larger one is tiled), ``pad``, ``direct`` (the network at the image's size,
+        rounded up to the UNet's downsampling factor) or ``tile``.
+      tile, overlap: the tile size (default: the model's size) and the least overlap of
+        neighbouring tiles in pixels (default: a quarter tile) of a tiled restoration.
 
     Raises :class:`invdiff.guard.Interrupted` after Ctrl-C (at the end of the chunk being
     solved, once it is written), saying what was written and what was not.
@@ -328,20 +388,25 @@ def restore(
     with deferred_interrupts() as stop:
         job = prepare(inputs, operator, out, solver=solver, mask=mask, mask_type=mask_type, factor=factor,
                       steps=steps, sigma_y=sigma_y, seed=seed, label=label, model=model, resize=resize, fmt=fmt,
-                      save_measurement=save_measurement, overwrite=overwrite)
-        n = len(job.paths)
+                      save_measurement=save_measurement, overwrite=overwrite, size_mode=size_mode, tile=tile,
+                      overlap=overlap)
         total = len(job.solver.walk()) - 1  # transitions of the walk
-        chunk = batch_size or n
+        chunks = [(g, slice(a, a + (batch_size or len(g.index)))) for g in job.groups
+                  for a in range(0, len(g.index), batch_size or len(g.index))]
         bar = None
         if progress is True:
+            import sys
+
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total * ((n + chunk - 1) // chunk), desc=f"{solver}: compiling", unit="step")
-        written: list[Path] = []
+            for g in job.groups:
+                if g.plan.mode != "native":
+                    print(f"restore: {len(g.index)} input(s) of {g.plan.describe()}", file=sys.stderr)
+            bar = tqdm(total=total * len(chunks), desc=f"{solver}: compiling", unit="step")
+        written: dict[int, Path] = {}
         try:
-            for start in range(0, n, chunk):
-                stop.check(_summary(job, start))
-                sl = slice(start, start + chunk)
+            for group, rows in chunks:
+                stop.check(_summary(job, list(written)))
                 if bar is not None:
                     done = [0]
 
@@ -354,11 +419,13 @@ def restore(
                     cb = lambda k: progress(k, total)  # noqa: B023 (called before the loop moves on)
                 else:
                     cb = None
-                labels = None if job.labels is None else jnp.asarray(job.labels[sl])
-                sol = invdiff.solve(job.solver, job.model, _rows(job, sl), jnp.asarray(job.y[sl]),
-                                    key=jax.random.key(job.seed), sigma_y=job.sigma_y, label=labels, progress=cb)
-                written += write_batch(job, sl, np.asarray(sol.x))
+                index = group.index[rows]
+                labels = None if job.labels is None else jnp.asarray(job.labels[index])
+                sol = invdiff.solve_any_size(job.solver, job.model, _rows(group, rows), jnp.asarray(group.y[rows]),
+                                             key=jax.random.key(job.seed), sigma_y=job.sigma_y, label=labels,
+                                             progress=cb, mode=job.size_mode, tile=job.tile, overlap=job.overlap)
+                written.update(zip(index, write_batch(job, group, rows, np.asarray(sol.x))))
         finally:
             if bar is not None:
                 bar.close()
-    return written
+    return [written[i] for i in sorted(written)]

@@ -220,14 +220,18 @@ def test_huge_and_wrong_size_images_are_refused_from_the_header(model_dir, tmp_p
     common = ["--operator", "colorize", "--label", 0, "--model", model_dir, "--out", tmp_path / "o", "--quiet"]
     code, err = cli(["restore", png_header_only(tmp_path / "bomb.png", 20000, 20000), *common, "--resize"], capsys)
     one_line_error(code, err, "too large")
-    # 9000 x 9000 is under Pillow's limit: refused for its size before its (garbage) pixels are decoded
-    code, err = cli(["restore", png_header_only(tmp_path / "big.png", 9000, 9000), *common], capsys)
-    one_line_error(code, err, f"is 9000x9000 but the model takes {SIZE}x{SIZE}")
+    # 9000 x 9000 is under Pillow's limit: refused for not matching the mask before its (garbage)
+    # pixels are decoded
+    mask = tmp_path / "mask.png"
+    Image.new("L", (SIZE, SIZE), 255).save(mask)
+    inpaint = ["--operator", "inpaint", "--mask", mask, *common[2:]]
+    code, err = cli(["restore", png_header_only(tmp_path / "big.png", 9000, 9000), *inpaint], capsys)
+    one_line_error(code, err, f"is {SIZE}x{SIZE} but the image {tmp_path / 'big.png'} is 9000x9000")
     exif = Image.Exif()
     exif[0x0112] = 8  # stored 2*SIZE wide, SIZE high; shown SIZE wide, 2*SIZE high
     Image.new("RGB", (2 * SIZE, SIZE)).save(tmp_path / "turned.jpg", exif=exif)
-    code, err = cli(["restore", tmp_path / "turned.jpg", *common], capsys)
-    one_line_error(code, err, f"is {SIZE}x{2 * SIZE} but the model takes")
+    code, err = cli(["restore", tmp_path / "turned.jpg", *inpaint], capsys)
+    one_line_error(code, err, f"is {SIZE}x{2 * SIZE}; give a mask")
 
 
 # ---------------------------------------------------------------------------------------

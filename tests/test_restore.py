@@ -86,6 +86,23 @@ def run_cli(args, capsys) -> tuple[int, str]:
     return code, err
 
 
+def test_any_size_comes_back_at_its_size_with_the_known_pixels_kept(files, tmp_path):
+    """A larger input is tiled, a smaller one padded (each with its own mask); the results have
+    the inputs' sizes and DDNM keeps every known pixel within one grey level."""
+    d, model_dir, _, _ = files
+    rng = np.random.default_rng(1)
+    for name, (h, w) in (("wide.png", (SIZE + 4, 2 * SIZE - 4)), ("small.png", (SIZE - 4, SIZE - 6))):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        known = rng.random((h, w)) < 0.5
+        Image.fromarray(img).save(tmp_path / name)
+        Image.fromarray((known * 255).astype(np.uint8)).save(tmp_path / f"mask_{name}")
+        (out,) = restore([tmp_path / name], "inpaint", tmp_path / "out", mask=tmp_path / f"mask_{name}", steps=2,
+                         label=0, model=model_dir, progress=False)
+        res = np.asarray(Image.open(out))
+        assert res.shape == (h, w, 3)
+        assert np.abs(res[known].astype(int) - img[known].astype(int)).max() <= 1
+
+
 @pytest.mark.parametrize("extra,match", [
     (["BROKEN", "--operator", "colorize", "--label", "0"], "cannot read"),
     (["MISSING", "--operator", "colorize", "--label", "0"], "no image at"),
@@ -96,6 +113,7 @@ def run_cli(args, capsys) -> tuple[int, str]:
     (["A", "--operator", "colorize", "--label", "7"], "class id"),
     (["A", "--operator", "sr", "--factor", "3", "--label", "0"], "factor"),
     (["A", "--operator", "colorize", "--label", "0", "--sigma-y", "-1"], "sigma-y"),
+    (["A", "--operator", "colorize", "--label", "0", "--tile", "0"], "--tile"),
 ])
 def test_restore_errors_are_one_clean_line(files, tmp_path, capsys, extra, match):
     d, model_dir, _, _ = files
