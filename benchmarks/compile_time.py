@@ -1,0 +1,128 @@
+"""Compile time of a solver program on the bundled model, cold, for one or more checkouts.
+
+    python benchmarks/compile_time.py --repos before=/path/to/old/checkout,after=. \
+        [--solvers ddnm,repaint,dps] [--steps 20] [--rounds 3] [--out benchmarks/results/compile_time_cpu]
+
+Every measurement is a fresh Python process, run in the checkout's root (so that checkout's
+``invdiff`` is imported), with JAX's persistent compilation cache switched off. It builds the
+demo's box-inpainting problem on two validation emoji, calls ``invdiff.solve`` twice and
+reports:
+
+* *first s*: the first call (tracing, lowering, XLA compilation, one solve);
+* *compile s*: first call - second call (what compiling costs);
+* *trace/lower/XLA s*: the ``jax.monitoring`` compile events of the first call, summed.
+
+Checkouts and solvers are interleaved round by round, so a shared machine's load falls on all
+of them alike; the table gives the median over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, sys, time
+import jax
+jax.config.update("jax_enable_compilation_cache", False)
+import jax.numpy as jnp
+import numpy as np
+import invdiff
+import solvers
+from operators import Inpainting, masks
+
+events = {}
+def on(name, secs, **kw):
+    if name.startswith("/jax/core/compile/"):
+        events[name] = events.get(name, 0.0) + secs
+jax.monitoring.register_event_duration_secs_listener(on)
+
+name, steps = sys.argv[1], int(sys.argv[2])
+model = invdiff.load_model("emoji64")
+with np.load(sys.argv[3]) as d:
+    x = jnp.asarray(d["images"][:2].astype(np.float32) / 127.5 - 1)
+    labels = jnp.asarray(d["labels"][:2].astype(np.int32))
+op = Inpainting(masks.by_name("box", jax.random.key(0), 64, 64))
+y = op.A(x)
+solver = solvers.make(name, steps)
+t0 = time.perf_counter()
+jax.block_until_ready(invdiff.solve(solver, model, op, y, key=jax.random.key(0), label=labels).x)
+first = time.perf_counter() - t0
+first_events = dict(events)
+t0 = time.perf_counter()
+jax.block_until_ready(invdiff.solve(solver, model, op, y, key=jax.random.key(1), label=labels).x)
+second = time.perf_counter() - t0
+short = {k.rsplit("/", 1)[-1]: v for k, v in first_events.items()}
+print(json.dumps(dict(first=first, second=second, trace=short.get("jaxpr_trace_duration", 0.0),
+                      lower=short.get("jaxpr_to_mlir_module_duration", 0.0),
+                      xla=short.get("backend_compile_duration", 0.0))))
+"""
+
+
+def run_one(repo: Path, solver: str, steps: int, val: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(repo), INVDIFF_COMPILATION_CACHE="0", JAX_ENABLE_COMPILATION_CACHE="false")
+    env.pop("INVDIFF_CACHE_DIR", None)
+    out = subprocess.run([sys.executable, "-c", CHILD, solver, str(steps), str(val)], cwd=repo, env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repos", default="this=.", help="name=path,... of checkouts to compare")
+    p.add_argument("--solvers", default="ddnm,repaint,dps")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--val", type=Path, default=Path(__file__).resolve().parents[2] / "shared/datasets/emoji64_val.npz")
+    p.add_argument("--out", default="benchmarks/results/compile_time_cpu")
+    a = p.parse_args()
+    repos = {k: Path(v).resolve() for k, v in (kv.split("=", 1) for kv in a.repos.split(","))}
+    commits = {k: subprocess.run(["git", "-C", str(r), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip() for k, r in repos.items()}
+    rows: dict[tuple[str, str], list[dict]] = {}
+    load_before = os.getloadavg()
+    for rnd in range(a.rounds):
+        for solver in a.solvers.split(","):
+            for name, repo in (repos.items() if rnd % 2 == 0 else reversed(list(repos.items()))):
+                r = run_one(repo, solver, a.steps, a.val)
+                rows.setdefault((solver, name), []).append(r)
+                print(f"round {rnd} {solver} {name}: first {r['first']:.1f} s, second {r['second']:.2f} s, "
+                      f"xla {r['xla']:.1f} s", flush=True)
+    med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in rows.items()}
+    names = list(repos)
+    md = [f"# Compile time per solver program, bundled model (cold, persistent cache off) — {platform.machine()}, "
+          f"{os.cpu_count()} cores", "",
+          f"- command: `python benchmarks/compile_time.py --repos {a.repos} --solvers {a.solvers} --steps {a.steps} "
+          f"--rounds {a.rounds}`; date {time.strftime('%Y-%m-%d %H:%M')}",
+          "- checkouts: " + ", ".join(f"{k} = {commits[k]}" for k in names),
+          f"- load average before {[round(v, 1) for v in load_before]}, after "
+          f"{[round(v, 1) for v in os.getloadavg()]} (the machine may be shared: checkouts were interleaved)",
+          f"- problem: box inpainting of 2 validation emoji, {a.steps} steps (RePaint: `solvers.make`'s "
+          f"resampling walk); medians of {a.rounds} fresh processes each", "",
+          "| solver | checkout | first call s | second call s | compile s (first - second) | trace s | lower s "
+          "| XLA s |", "|---|---|---|---|---|---|---|---|"]
+    for solver in a.solvers.split(","):
+        for name in names:
+            m = med[(solver, name)]
+            md.append(f"| {solver} | {name} | {m['first']:.1f} | {m['second']:.2f} | {m['first'] - m['second']:.1f} "
+                      f"| {m['trace']:.1f} | {m['lower']:.1f} | {m['xla']:.1f} |")
+    if len(names) == 2:
+        md += ["", f"Ratio of compile s, {names[1]} / {names[0]}: " + ", ".join(
+            f"{s} {(med[(s, names[1])]['first'] - med[(s, names[1])]['second']) / (med[(s, names[0])]['first'] - med[(s, names[0])]['second']):.2f}"  # noqa: E501
+            for s in a.solvers.split(","))]
+    out = Path(a.out)
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(dict(commits=commits, rows={f"{s}|{n}": v for (s, n), v in
+                                                                                rows.items()}), indent=1) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
