@@ -66,8 +66,10 @@ print(json.dumps(dict(first=first, second=second, trace=short.get("jaxpr_trace_d
 """
 
 
-def run_one(repo: Path, solver: str, steps: int, val: Path) -> dict:
+def run_one(repo: Path, solver: str, steps: int, val: Path, xla_flags: str | None = None) -> dict:
     env = dict(os.environ, PYTHONPATH=str(repo), INVDIFF_COMPILATION_CACHE="0", JAX_ENABLE_COMPILATION_CACHE="false")
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags
     env.pop("INVDIFF_CACHE_DIR", None)
     out = subprocess.run([sys.executable, "-c", CHILD, solver, str(steps), str(val)], cwd=repo, env=env,
                          capture_output=True, text=True, check=True)
@@ -76,14 +78,17 @@ def run_one(repo: Path, solver: str, steps: int, val: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repos", default="this=.", help="name=path,... of checkouts to compare")
+    p.add_argument("--repos", default="this=.",
+                   help="name=path[@XLA_FLAGS],... of checkouts to compare (a checkout may be listed with several "
+                        "XLA_FLAGS under different names)")
     p.add_argument("--solvers", default="ddnm,repaint,dps")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--val", type=Path, default=Path(__file__).resolve().parents[2] / "shared/datasets/emoji64_val.npz")
     p.add_argument("--out", default="benchmarks/results/compile_time_cpu")
     a = p.parse_args()
-    repos = {k: Path(v).resolve() for k, v in (kv.split("=", 1) for kv in a.repos.split(","))}
+    specs = {k: (v.split("@", 1) + [None])[:2] for k, v in (kv.split("=", 1) for kv in a.repos.split(","))}
+    repos = {k: Path(v[0]).resolve() for k, v in specs.items()}
     commits = {k: subprocess.run(["git", "-C", str(r), "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True).stdout.strip() for k, r in repos.items()}
     rows: dict[tuple[str, str], list[dict]] = {}
@@ -91,7 +96,7 @@ def main() -> None:
     for rnd in range(a.rounds):
         for solver in a.solvers.split(","):
             for name, repo in (repos.items() if rnd % 2 == 0 else reversed(list(repos.items()))):
-                r = run_one(repo, solver, a.steps, a.val)
+                r = run_one(repo, solver, a.steps, a.val, specs[name][1])
                 rows.setdefault((solver, name), []).append(r)
                 print(f"round {rnd} {solver} {name}: first {r['first']:.1f} s, second {r['second']:.2f} s, "
                       f"xla {r['xla']:.1f} s", flush=True)
@@ -101,7 +106,8 @@ def main() -> None:
           f"{os.cpu_count()} cores", "",
           f"- command: `python benchmarks/compile_time.py --repos {a.repos} --solvers {a.solvers} --steps {a.steps} "
           f"--rounds {a.rounds}`; date {time.strftime('%Y-%m-%d %H:%M')}",
-          "- checkouts: " + ", ".join(f"{k} = {commits[k]}" for k in names),
+          "- checkouts: " + ", ".join(
+              f"{k} = {commits[k]}" + (f" with XLA_FLAGS='{specs[k][1]}'" if specs[k][1] else "") for k in names),
           f"- load average before {[round(v, 1) for v in load_before]}, after "
           f"{[round(v, 1) for v in os.getloadavg()]} (the machine may be shared: checkouts were interleaved)",
           f"- problem: box inpainting of 2 validation emoji, {a.steps} steps (RePaint: `solvers.make`'s "
@@ -113,10 +119,11 @@ def main() -> None:
             m = med[(solver, name)]
             md.append(f"| {solver} | {name} | {m['first']:.1f} | {m['second']:.2f} | {m['first'] - m['second']:.1f} "
                       f"| {m['trace']:.1f} | {m['lower']:.1f} | {m['xla']:.1f} |")
-    if len(names) == 2:
-        md += ["", f"Ratio of compile s, {names[1]} / {names[0]}: " + ", ".join(
-            f"{s} {(med[(s, names[1])]['first'] - med[(s, names[1])]['second']) / (med[(s, names[0])]['first'] - med[(s, names[0])]['second']):.2f}"  # noqa: E501
-            for s in a.solvers.split(","))]
+    def compile_s(solver: str, name: str) -> float:
+        return med[(solver, name)]["first"] - med[(solver, name)]["second"]
+
+    md += [""] + [f"Ratio of compile s, {n} / {names[0]}: " + ", ".join(
+        f"{s} {compile_s(s, n) / compile_s(s, names[0]):.2f}" for s in a.solvers.split(",")) for n in names[1:]]
     out = Path(a.out)
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     out.with_suffix(".json").write_text(json.dumps(dict(commits=commits, rows={f"{s}|{n}": v for (s, n), v in

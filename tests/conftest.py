@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# Tests compile many small programs and run each once or twice: LLVM -O0 without its expensive
+# passes compiles them 10-35 % faster (benchmarks/results/compile_time_cpu_o0.md) at a run-time
+# cost that short runs do not feel. Set before JAX starts its backend; a user's XLA_FLAGS win.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("INVDIFF_SHARED", REPO.parent / "shared"))

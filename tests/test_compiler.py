@@ -1,0 +1,47 @@
+"""invdiff's XLA:CPU options: applied to its own top-level programs only, yielding to the user's
+XLA_FLAGS and to INVDIFF_XLA_OPTIONS=0, and never changing what a program computes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from invdiff import compiler
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    compiler.compiler_options.cache_clear()
+    yield monkeypatch
+    compiler.compiler_options.cache_clear()
+
+
+def test_options_on_cpu_yield_to_the_user(fresh):
+    fresh.delenv(compiler.ENV, raising=False)
+    fresh.setenv("XLA_FLAGS", "")
+    assert compiler.compiler_options() == compiler.CPU_OPTIONS
+    compiler.compiler_options.cache_clear()
+    fresh.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+    opts = compiler.compiler_options()
+    assert "xla_backend_optimization_level" not in opts and "xla_cpu_experimental_ynn_fusion_type" in opts
+    compiler.compiler_options.cache_clear()
+    fresh.setenv(compiler.ENV, "0")
+    assert compiler.compiler_options() is None
+
+
+def test_the_wrapped_program_computes_the_same_inside_and_outside_a_trace(fresh):
+    fresh.delenv(compiler.ENV, raising=False)
+
+    def f(x, n):
+        return jax.nn.silu(jnp.cumsum(x * n, axis=-1)) @ x.T
+
+    wrapped = compiler.jit(f, static_argnames=("n",))
+    x = jax.random.normal(jax.random.key(0), (8, 8))
+    top = wrapped(x, n=3)  # compiled with the options
+    inside = jax.jit(lambda x: wrapped(x, n=3))(x)  # a tracer: the plain jit of the enclosing program
+    np.testing.assert_allclose(top, f(x, 3), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(inside, top, rtol=1e-5, atol=1e-5)
+    # ahead-of-time lowering reaches the same program
+    np.testing.assert_allclose(wrapped.lower(x, n=3).compile()(x), top, rtol=1e-6, atol=1e-6)
