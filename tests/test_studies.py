@@ -244,3 +244,10 @@ def test_bad_settings_are_refused_before_anything_runs(prior, tmp_path):
     with pytest.raises(ValueError, match="unknown study"):
         run_study("bias", out=tmp_path)
     assert not (tmp_path / "records.jsonl").exists()
+
+
+def test_an_unknown_study_name_is_one_line_and_exit_2(capsys, tmp_path):
+    assert main(["study", "bias", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown study 'bias'" in err[0] and "resampling" in err[0]
+    assert not (tmp_path / "x").exists()

@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``invdiff study`` options."""
     from invdiff.bench.cli import _lpips_files
 
-    parser.add_argument("name", metavar="NAME", choices=list(STUDIES) + ["all"],
+    parser.add_argument("name", metavar="NAME",  # checked by run_from_args: a one-line error, exit 2
                         help="the study: " + ", ".join(STUDIES) + ", or all (each into OUT/<name>)")
     parser.add_argument("--model", default="emoji64", metavar="NAME|PATH",
                         help="a bundled name, a guided-diffusion .pt file (with --preset or --flag) or an orbax "
@@ -135,7 +135,7 @@ def run_from_args(args: argparse.Namespace) -> None:
     """Run ``invdiff study`` with :func:`add_arguments`' options."""
     from invdiff.nets.convert import parse_flags
 
-    names = list(STUDIES) if args.name == "all" else [args.name]
+    names = list(STUDIES) if args.name == "all" else [get(args.name).NAME]
     root = Path(args.out or "invdiff-studies")
     for name in names:
         out = root / name if (args.name == "all" or args.out is None) else root

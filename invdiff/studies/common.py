@@ -252,6 +252,10 @@ class Report:
         """Wall time of the invocations that ran (summed over resumed parts)."""
         return float(sum(r.get("wall_seconds", 0.0) for r in self.runs))
 
+    def unrecorded(self) -> int:
+        """How many invocations started and recorded no end (killed): their time is unknown."""
+        return sum(1 for r in self.runs if "started" in r) - sum(1 for r in self.runs if "wall_seconds" in r)
+
     def images(self) -> int:
         return len({r["image"] for r in self.results})
 
@@ -379,7 +383,9 @@ def write_summary(rep: Report, module: Any, *, setup: Sequence[str], table: str,
         f"- seed {c['seed']}; {'the papers’ scale (--paper-scale)' if c.get('paper_scale') else 'CPU defaults'}"
         + ("" if rep.has_lpips else f"; LPIPS {LPIPS_SKIPPED}"),
         f"- machine: {'; '.join(rep.machines()) or '?'} (shared with other jobs: times are not benchmarks); "
-        f"wall time {rep.wall_seconds():.0f} s",
+        f"wall time {rep.wall_seconds():.0f} s"
+        + (f" over the invocations that recorded their end ({rep.unrecorded()} killed ones not counted)"
+           if rep.unrecorded() else ""),
         "- values are mean ± half-width of the 95 % confidence interval over the images (Student t, n − 1 "
         "degrees of freedom; – when undefined). Images are in [-1, 1] (model units).",
         "",

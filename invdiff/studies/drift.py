@@ -44,11 +44,11 @@ CLAIM = """> "Our findings indicate that the algorithm not only modifies the pix
 the shorter side, strengths 0–1; MSE outside the mask on the 0–255 scale.)"""
 
 SCALES: dict[str, dict[str, Any]] = {
-    "cpu": {"images": 3, "batch": 3, "steps": 20,
+    "cpu": {"images": 3, "batch": 3, "steps": 10,
             "solvers": ["repaint", "ilvr", "ddnm", "mcg", "diffpir", "dps", "pigdm"],
-            "radii": [0.25, 0.5, 0.75], "radius": 0.5, "sigmas": [0.1],
-            "guidance": {"dps": ["scale", [0.25, 1.0]], "mcg": ["alpha", [0.5, 2.0]], "pigdm": ["weight", [0.5, 2.0]]},
-            "strengths": [0.4, 0.7], "strength_solvers": ["dps", "pigdm"], "edge": 3},
+            "radii": [0.3, 0.6], "radius": 0.6, "sigmas": [0.1],
+            "guidance": {"dps": ["scale", [2.0]], "mcg": ["alpha", [2.0]], "pigdm": ["weight", [2.0]]},
+            "strengths": [0.5], "strength_solvers": ["dps", "pigdm"], "edge": 3},
     "paper": {"images": 20, "batch": 4, "steps": 1000,
               "solvers": ["repaint", "ilvr", "ddnm", "mcg", "diffpir", "ddrm", "dps", "pigdm"],
               "radii": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], "radius": 0.8, "sigmas": [0.05, 0.1],
@@ -294,9 +294,11 @@ def _verdict(rep: c.Report, rows: list[dict], s: dict) -> c.Verdict:
     for sv, (field, _) in s["guidance"].items():
         gr = sorted((r for r in rows if r["part"] == "guidance" and r["method"].startswith(sv + "-")),
                     key=lambda r: r["method"])
+        default = next((r for r in main if r["method"] == sv), None)
         if gr:
             reasons.append(f"{sv} by {field}: " + ", ".join(f"{r['method'].split('-', 1)[1]}: {r['drift']:.2e}"
-                                                           for r in gr))
+                                                           for r in gr)
+                           + ("" if default is None else f" (default {field}: {default['drift']:.2e})"))
     noisy = [r for r in rows if r["part"] == "noise"]
     if noisy:
         reasons.append("with σ_y > 0, kept exactly: " + (", ".join(f"{r['method']} (σ_y {r['sigma']:g})" for r in noisy

@@ -32,7 +32,7 @@ steps. ILVR's paper (Choi et al. 2021, which the report builds on) adds that a l
 variation between samples, and that stopping the conditioning earlier (a larger `range_t`) does too."""
 
 SCALES: dict[str, dict[str, Any]] = {
-    "cpu": {"images": 3, "batch": 3, "steps": 20, "factors": [2, 4, 8, 16], "range_t": [0, 200, 500], "seeds": 3},
+    "cpu": {"images": 4, "batch": 4, "steps": 20, "factors": [2, 4, 8, 16], "range_t": [0, 500], "seeds": 3},
     "paper": {"images": 10, "batch": 4, "steps": 1000, "factors": [2, 4, 8, 16, 32], "range_t": [0, 60, 100, 250, 500],
               "seeds": 4},
 }
@@ -206,4 +206,5 @@ def _grid(rep: c.Report, s: dict) -> None:
                      c.load_png(rep.out, "measurement", f"N{int(f)}", image)]
                     + [c.load_png(rep.out, "ilvr", setting_name(int(f), int(r)), image) for r in s["range_t"]])
         labels.append(f"N = {f}")
-    c.image_grid(rep.out / "grid.png", rows, labels, ["reference", "φ_N(y)"] + [f"range_t {r}" for r in s["range_t"]])
+    c.image_grid(rep.out / "grid.png", rows, labels,
+                 ["reference", "low-pass y"] + [f"range_t={r}" for r in s["range_t"]])

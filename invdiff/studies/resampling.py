@@ -205,8 +205,9 @@ def _verdict(rep: c.Report, rows: list[dict], s: dict, shown: list[str]) -> c.Ve
             "mixed": "at equal NFE, RePaint's resampling is better on one metric and worse on another",
             }.get(word, "no difference between RePaint's resampling and plain walks at equal NFE is resolved by the "
                         "95 % CIs")
-    return c.Verdict(word, line + " (tests: " + ", ".join(tested) + "; DDNM and DiffPIR in the reasons).",
-                     tuple(reasons))
+    others = [sv for sv in s["solvers"] if sv != "repaint"]
+    return c.Verdict(word, line + " (tests: " + ", ".join(tested)
+                     + (f"; {', '.join(others)} in the reasons" if others else "") + ").", tuple(reasons))
 
 
 def _plot(rep: c.Report, rows: list[dict], shown: list[str]) -> None:
