@@ -109,7 +109,8 @@ def build(cond: dict, steps: int | None) -> Any:
 
     solver = solvers.make(cond["solver"], steps)
     if "field" in cond:
-        solver = solver.replace(**{cond["field"]: jnp.asarray(cond["value"], jnp.float32)})
+        old = getattr(solver, cond["field"])  # the same abstract type (weak or not): no recompilation
+        solver = solver.replace(**{cond["field"]: jnp.full_like(old, cond["value"])})
     return solver
 
 
