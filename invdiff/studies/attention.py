@@ -215,7 +215,13 @@ def _verdict(rep: c.Report, rows: list[dict], checkpoints: list[int]) -> c.Verdi
             "contradicts": "the share of attention landing in the hole RISES towards the end of the process",
             }.get(word, "the change of the hole's share of attention between the first and last checkpoints is not "
                         "resolved by the 95 % CI")
-    return c.Verdict(word, line + f" ({c.pm(d_recv, ci_recv, '.3f')}).", tuple(reasons))
+    line += f" ({c.pm(d_recv, ci_recv, '.3f')})"
+    explained = c.sign(d_known, ci_known)
+    if explained:
+        line += (f"; the hole's queries give the known region {'more' if explained > 0 else 'LESS'} of their attention "
+                 f"at the end than at the start ({c.pm(d_known, ci_known, '.3f')}; the seed's explanation expects "
+                 f"more)")
+    return c.Verdict(word, line + ".", tuple(reasons))
 
 
 def _plot_shares(rep: c.Report, block_rows: list[dict], rows: list[dict], blocks: list[str]) -> None:

@@ -556,7 +556,12 @@ def line_plot(path: Path, title: str, panels: Sequence[dict], width: float = 9.0
         if p.get("hline") is not None:
             ax.axhline(p["hline"], color="grey", lw=0.8, ls="--")
         if p.get("xlog"):
+            from matplotlib.ticker import NullLocator
+
             ax.set_xscale("log")
+            xs = sorted({float(v) for s in p["series"] for v in s["x"]})
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])  # the values run, not powers of ten
+            ax.xaxis.set_minor_locator(NullLocator())
         if p.get("ylog"):
             ax.set_yscale("log")
             ax.axhline(floor, color="grey", lw=0.6, ls=":")

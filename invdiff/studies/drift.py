@@ -384,6 +384,8 @@ def _heatmaps(rep: c.Report, s: dict) -> None:
     scells = [[_change(rep, sv, condition_name({"radius": float(s["radius"]), "sigma": 0.0, "strength": st}), ids[0])
                for st in strengths] for sv in s["strength_solvers"]]
     maps = [m for row in cells_ + scells for (_, m) in row if m is not None]
+    if not maps:  # no saved images (e.g. a checkout without images/): keep the heat maps there are
+        return
     vmax = max(float(np.nanpercentile(np.concatenate([m[np.isfinite(m)] for m in maps]), 99.5)) if maps else 1.0,
                2.0 / 255)
     for path, grid, labels, cols in (
