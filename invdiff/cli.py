@@ -1,4 +1,4 @@
-"""The ``invdiff`` command line: restore, bench, demo, train, convert.
+"""The ``invdiff`` command line: restore, bench, study, demo, train, convert.
 
 Errors a user can fix (a missing or unreadable file, a bad flag or name, an output directory
 that cannot be written, an output that exists already) print one line and exit with status 2;
@@ -110,6 +110,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     run_from_args(args)
 
 
+def _cmd_study(args: argparse.Namespace) -> None:
+    from invdiff.studies import run_from_args
+
+    run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="invdiff", description="Diffusion priors for linear inverse problems.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -172,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "results.md/.csv/.json, quality plots and sample grids.")
     add_arguments(b)
     b.set_defaults(func=_cmd_bench)
+
+    from invdiff.studies import add_arguments as study_arguments
+
+    st = sub.add_parser("study", help="rerun one of the seeds' studies and say whether its claim holds (resumable)",
+                        description="Rerun a study of the seeds (resampling, restart, attention, drift, labels, "
+                                    "ilvr-filter) on a model and images: records.jsonl (a rerun resumes), tables, "
+                                    "figures and summary.md with the seed's claim and a verdict. See docs/studies.md.")
+    study_arguments(st)
+    st.set_defaults(func=_cmd_study)
 
     d = sub.add_parser("demo", help="restore validation emoji with every solver on the bundled model")
     d.add_argument("--out", default="invdiff-demo", help="output directory (default: invdiff-demo)")

@@ -86,22 +86,25 @@ def degradation(operator: str, shape: tuple[int, ...], seed: int, mask_keys: Seq
     return deg
 
 
-def measure(operator: str, x: np.ndarray, ids: Sequence[str], seed: int) -> Measurement:
+def measure(operator: str, x: np.ndarray, ids: Sequence[str], seed: int, deg: Any = None) -> Measurement:
     """y = A x + σ_y A A⁺ n for a batch, with one mask and one noise draw per image.
 
     ``operator``: a name of :func:`operators.named.make`; ``x`` (B, H, W, C) in [-1, 1];
-    ``ids``: the images' ids (their seeds, :func:`image_seed`).
+    ``ids``: the images' ids (their seeds, :func:`image_seed`). ``deg``: a degradation built
+    by the caller (an :class:`operators.named.Degradation`, e.g. a circle mask of a chosen
+    radius or another σ_y) to use instead of the named one; ``operator`` then only names the
+    images' seeds.
     """
     seeds = tuple(image_seed(seed, operator, i) for i in ids)
     keys = _image_keys(jnp.asarray(seeds, jnp.uint32))
-    deg = degradation(operator, tuple(int(s) for s in x.shape), seed, list(keys[:, 0]))
+    if deg is None:
+        deg = degradation(operator, tuple(int(s) for s in x.shape), seed, list(keys[:, 0]))
     y, pinv_y = _observe(deg.op, jnp.asarray(x), keys[:, 1], jnp.asarray(deg.sigma_y, jnp.float32),
                          noisy=deg.sigma_y > 0)
     return Measurement(deg, y, keys[:, 2], seeds, pinv_y)
 
 
-@jax.jit
-def _solve_each(solver, model, op, y, keys, sigma_y, label):
+def _vmapped_solve(solver, model, op, y, keys, sigma_y, label, x_init=None, start_step=None, walk=None):
     import invdiff
     from invdiff.testing import per_sample_axes
 
@@ -111,24 +114,36 @@ def _solve_each(solver, model, op, y, keys, sigma_y, label):
     except (ValueError, TypeError):  # no per-sample description: the batch shares the operator
         op_axes = None
     cost = {}
+    w = None if walk is None else np.asarray(walk, np.int64)
 
-    def one(op_i, y_i, key_i, label_i):
+    def one(op_i, y_i, key_i, label_i, x_i):
         sol = invdiff.solve(solver, model, op_i, y_i[None], key=key_i, sigma_y=sigma_y,
-                            label=None if label_i is None else label_i[None])
+                            label=None if label_i is None else label_i[None],
+                            x_init=None if x_i is None else x_i[None], start_step=start_step, walk=w)
         cost.update(nfe=sol.nfe, vjp=sol.vjp)
         return sol.x[0]
 
-    x = jax.vmap(one, in_axes=(op_axes, 0, 0, None if label is None else 0))(op, y, keys, label)
+    axes = (op_axes, 0, 0, None if label is None else 0, None if x_init is None else 0)
+    x = jax.vmap(one, in_axes=axes)(op, y, keys, label, x_init)
     return x, jnp.asarray(cost["nfe"]), jnp.asarray(cost["vjp"])
 
 
+_solve_each = jax.jit(_vmapped_solve)
+
+
 def solve_each(solver: Any, model: Any, op: Any, y: jax.Array, keys: jax.Array, *, sigma_y: float = 0.0,
-               label: jax.Array | None = None, devices: Any = None) -> tuple[jax.Array, int, int]:
+               label: jax.Array | None = None, devices: Any = None, x_init: jax.Array | None = None,
+               start_step: int | None = None, walk: Sequence[int] | None = None) -> tuple[jax.Array, int, int]:
     """``invdiff.solve`` with one key per image: ``(x, nfe, vjp)``.
 
     Image i's restoration depends only on ``keys[i]``, ``y[i]``, its per-sample operator
     leaves and ``label[i]``: one compiled program runs ``solve`` on every image (vmapped),
     with the batch split over ``devices`` (default: the local devices) as ``solve`` splits it.
+
+    ``x_init`` (B, ...), ``start_step``, ``walk``: as :func:`invdiff.solve`'s (a restart from
+    saved states, a part of a walk). With a ``walk``, the vmapped solves are not wrapped in one
+    more ``jit``: the walk stays data of ``solve``'s own compiled program, so every walk of
+    the same length (the segments of a checkpointed run, say) reuses one compilation.
     """
     from invdiff.solve import Problem, _shard
 
@@ -137,7 +152,13 @@ def solve_each(solver: Any, model: Any, op: Any, y: jax.Array, keys: jax.Array, 
     problem = Problem(model=model, op=op, y=jnp.asarray(y), sigma_y=jnp.asarray(sigma_y, jnp.float32),
                       label=None if label is None else jnp.asarray(label))
     problem, keys, _ = _shard(problem, keys, batch, x_shape, jax.local_devices() if devices is None else devices)
-    x, nfe, vjp = _solve_each(solver, problem.model, problem.op, problem.y, keys, problem.sigma_y, problem.label)
+    if x_init is not None:  # placed like the keys: one row per image
+        x_init = jax.device_put(jnp.asarray(x_init, jnp.float32), keys.sharding)
+    args = (solver, problem.model, problem.op, problem.y, keys, problem.sigma_y, problem.label, x_init)
+    if walk is None and start_step is None:
+        x, nfe, vjp = _solve_each(*args)
+    else:
+        x, nfe, vjp = _vmapped_solve(*args, start_step=start_step, walk=walk)
     return x, int(nfe), int(vjp)
 
 

@@ -223,6 +223,11 @@ def _save_figure(fig: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+#: Public names of the two helpers above, for the studies' figures.
+figure = _figure
+save_figure = _save_figure
+
+
 def plot_quality(path: Path, operator: str, rows: list[dict], metrics: Sequence[str]) -> None:
     """Quality against cost for one operator: each metric (rows of axes) against NFE and
     against seconds per image (columns), one point per solver with its 95 % CI."""
@@ -307,5 +312,6 @@ def write_report(out: str | Path, plots: bool = True) -> dict:
     return {"metadata": meta, "rows": rows}
 
 
-__all__ = ["GRID_IMAGES", "LPIPS_SKIPPED", "UNITS", "fields", "image_path", "mean_ci", "metadata", "plot_quality",
-           "report_outputs", "summarize", "t975", "write_grid", "write_report", "write_tables"]
+__all__ = ["GRID_IMAGES", "LPIPS_SKIPPED", "UNITS", "fields", "figure", "image_path", "mean_ci", "metadata",
+           "plot_quality",
+           "report_outputs", "save_figure", "summarize", "t975", "write_grid", "write_report", "write_tables"]
