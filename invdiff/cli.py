@@ -150,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "[-1, 1], so 0.05 = 6.4/255 grey levels (default 0)")
     r.add_argument("--seed", type=int, default=0,
                    help="sampler, random-mask, motion-kernel and CS-subset seed (default 0)")
-    r.add_argument("--label", type=int, help="class id for a class-conditional model (emoji64: 0-9)")
+    r.add_argument("--label", type=int, help="class id for a class-conditional model (emoji64: 0-9); optional for "
+                                             "a model with a null class, as emoji64: without it the model runs "
+                                             "unconditionally")
     r.add_argument("--model", default="emoji64", help="bundled model name or model directory (default emoji64)")
     r.add_argument("--resize", action="store_true",
                    help="squeeze every input to the model's size (bicubic) instead of restoring it at its own size")
