@@ -258,8 +258,13 @@ def test_ctrl_c_stops_after_the_batch_is_recorded(small_run, tmp_path, monkeypat
         if not counter.batches:
             signal.raise_signal(signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, monkeypatch, _Counting(before=interrupt), plots=False)
+    # SIGINT as in a terminal (a background job, e.g. under nohup, starts with it ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _run(tmp_path, monkeypatch, _Counting(before=interrupt), plots=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert len(_results(tmp_path)) == 2  # the batch in flight was finished and written
     assert "interrupted: 2 of 12 results" in capfd.readouterr().err
     assert "INCOMPLETE: 2 of 12" in (tmp_path / "results.md").read_text()
