@@ -227,6 +227,8 @@ def main() -> None:
             raise SystemExit(f"{store.path} holds inpainting rows for {known}; use another --tag or the same settings")
         store.update(lambda d: d.update(inpainting_settings=settings))
         w = a.guidance_w if a.guidance_w is not None else store.read().get("guidance_w")
+        if a.guidance_w is not None:
+            store.update(lambda d: d.update(guidance_w=w))  # given, not swept: the report says which
         if "guided" in modes and w is None:  # pick w on other images: DDNM, box mask
             t0 = time.time()
             sweep = []
