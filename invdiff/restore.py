@@ -114,9 +114,6 @@ class Job:
     solver: Any
     sigma_y: float
     seed: int
-    size_mode: str = "auto"
-    tile: int | None = None
-    overlap: int | None = None
 
 
 def _check_label(net: Any, label: int | None) -> None:
@@ -282,8 +279,7 @@ def prepare(
         groups.append(Group(index=index, size=size, op=op, y=y, plan=run))
     return Job(paths=paths, targets=targets, measurements=measurements, model=net, groups=groups,
                labels=np.full((n,), label, np.int32) if label is not None else None,
-               solver=solver_registry.make(solver, steps), sigma_y=float(sigma_y), seed=int(seed),
-               size_mode=size_mode, tile=tile, overlap=overlap)
+               solver=solver_registry.make(solver, steps), sigma_y=float(sigma_y), seed=int(seed))
 
 
 def _rows(group: Group, rows: slice) -> Any:
@@ -313,7 +309,8 @@ def _summary(job: Job, done: list[int]) -> str:
     wrote = f"wrote {len(done)} of {len(job.paths)} result(s)"
     if done:
         wrote += f" ({_listing([job.targets[i] for i in sorted(done)])})"
-    return f"{wrote}; not restored: {_listing([p for i, p in enumerate(job.paths) if i not in set(done)])}"
+    done_set = set(done)
+    return f"{wrote}; not restored: {_listing([p for i, p in enumerate(job.paths) if i not in done_set])}"
 
 
 def restore(
@@ -423,7 +420,8 @@ def restore(
                 labels = None if job.labels is None else jnp.asarray(job.labels[index])
                 sol = invdiff.solve_any_size(job.solver, job.model, _rows(group, rows), jnp.asarray(group.y[rows]),
                                              key=jax.random.key(job.seed), sigma_y=job.sigma_y, label=labels,
-                                             progress=cb, mode=job.size_mode, tile=job.tile, overlap=job.overlap)
+                                             progress=cb, mode=group.plan.mode, tile=group.plan.tile,
+                                             overlap=group.plan.overlap)  # the plan printed above
                 written.update(zip(index, write_batch(job, group, rows, np.asarray(sol.x))))
         finally:
             if bar is not None:
