@@ -48,6 +48,17 @@ def solver_names(value: str | Sequence[str]) -> list[str]:
     return out
 
 
+def lpips_weight_files(weights: Sequence[str]) -> list[str]:
+    """``--lpips-weights``, checked: two files (AlexNet, LPIPS linear layers) that exist."""
+    weights = list(weights)
+    if len(weights) != 2:
+        raise ValueError(f"--lpips-weights takes two files, ALEXNET.pth,LIN.pth; got {len(weights)}")
+    for w in weights:
+        if not Path(w).is_file():
+            raise FileNotFoundError(f"--lpips-weights: no file {w}")
+    return weights
+
+
 def metric_names(value: Sequence[str] | None, lpips_weights: Sequence[str] | None) -> list[str]:
     """The metrics to report (default :data:`invdiff.metrics.DEFAULT_METRICS`, plus ``lpips``
     with weights, which are loaded and registered here)."""
@@ -55,13 +66,7 @@ def metric_names(value: Sequence[str] | None, lpips_weights: Sequence[str] | Non
 
     out = names(value) if value is not None else list(registry.DEFAULT_METRICS)
     if lpips_weights is not None:
-        weights = list(lpips_weights)
-        if len(weights) != 2:
-            raise ValueError(f"--lpips-weights takes two files, ALEXNET.pth,LIN.pth; got {len(weights)}")
-        for w in weights:
-            if not Path(w).is_file():
-                raise FileNotFoundError(f"--lpips-weights: no file {w}")
-        registry.lpips_metric(*weights)
+        registry.lpips_metric(*lpips_weight_files(lpips_weights))
         out = out + ["lpips"] if "lpips" not in out else out
     elif "lpips" in out and "lpips" not in registry.METRICS:
         raise ValueError("the lpips metric needs weights: --lpips-weights ALEXNET.pth,LIN.pth")

@@ -148,15 +148,10 @@ def lpips_function(weights: Sequence[str] | None) -> Callable | None:
     if weights is None:
         print(f"LPIPS: {LPIPS_SKIPPED}", file=sys.stderr)
         return None
-    weights = list(weights)
-    if len(weights) != 2:
-        raise ValueError(f"--lpips-weights takes two files, ALEXNET.pth,LIN.pth; got {len(weights)}")
-    for w in weights:
-        if not Path(w).is_file():
-            raise FileNotFoundError(f"--lpips-weights: no file {w}")
+    from invdiff.bench.run import lpips_weight_files
     from invdiff.metrics import lpips_from_weights
 
-    return lpips_from_weights(*weights)
+    return lpips_from_weights(*lpips_weight_files(weights))
 
 
 def run(module: Any, *, model: Any = None, preset: str | None = None, flags: dict | None = None, data: Any = None,
