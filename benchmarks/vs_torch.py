@@ -18,10 +18,14 @@ outputs and input gradients of both are compared before anything is timed.
 
 What is timed, per model and batch (1, 4, 16 by default):
 
-* ``fwd``: one forward ``model(x, t, y)`` (torch under ``inference_mode``; invdiff's jitted
+* ``fwd``: one forward ``model(x, t, y)`` (torch under ``inference_mode``; invdiff's
   ``ADMModel.raw``);
 * ``fwd+vjp``: the forward and the gradient with respect to x of <out, g> for a fixed g
-  (``torch.autograd.grad`` with the weights frozen; invdiff: ``jax.vjp`` of ``raw``, jitted).
+  (``torch.autograd.grad`` with the weights frozen; invdiff: ``jax.vjp`` of ``raw``).
+
+invdiff's side is compiled as invdiff compiles its own programs (``invdiff.compiler.jit``, the
+wrapper of ``solve``: XLA:CPU options of :mod:`invdiff.compiler`), so it times what a solver's
+loop runs. ``INVDIFF_XLA_OPTIONS=0`` times plain ``jax.jit`` instead.
 
 Both sides run interleaved in one process: every repeat times invdiff, then torch at each
 thread count (``torch.set_num_threads``: 1 and 2 by default), in alternating order. The
@@ -64,11 +68,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from invdiff import compiler  # noqa: E402
 from invdiff.bench import machine_info  # noqa: E402
 from invdiff.nets import ADMConfig, ADMModel, load_model  # noqa: E402
 from invdiff.nets.adm import init_params  # noqa: E402
 from invdiff.nets.conv import Conv2d  # noqa: E402
-from invdiff.nets.unet import AttentionBlock, Dense, GroupNorm32, flax_to_torch_key, timestep_embedding  # noqa: E402
+from invdiff.nets.unet import AttentionBlock, Dense, GroupNorm32, flax_to_torch_key, silu, timestep_embedding  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("emoji64", "adm128")
@@ -150,13 +155,13 @@ class Case:
         tj = jnp.asarray(t, jnp.int32)
         yj = None if y is None else jnp.asarray(y, jnp.int32)
         raw = lambda x: model.raw(x, tj, yj)
-        self.jax_fwd = jax.jit(raw)
+        self.jax_fwd = compiler.jit(raw)
 
         def fwd_vjp(x, g):
             out, vjp = jax.vjp(raw, x)
             return out, vjp(g)[0]
 
-        self.jax_vjp = jax.jit(fwd_vjp)
+        self.jax_vjp = compiler.jit(fwd_vjp)
 
         self.xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
         self.gt = torch.from_numpy(g.transpose(0, 3, 1, 2).copy())
@@ -315,7 +320,7 @@ def layer_cases(model: ADMModel, net: Any, case: Case) -> dict[str, dict[str, An
                         "jax": jax_program(lambda p, x, i: gn.apply({"params": p}, x),
                                            [(_subtree(params, _flax_path(n)), x) for n, _, x in rec["groupnorm"]])}
     out["silu"] = {"torch": [(m, x) for _, m, x in rec["silu"]],
-                   "jax": jax_program(lambda p, x, i: jax.nn.silu(x), [({}, x) for _, _, x in rec["silu"]])}
+                   "jax": jax_program(lambda p, x, i: silu(x), [({}, x) for _, _, x in rec["silu"]])}
     attn = rec["attention"]
     attn_mods = [AttentionBlock(m.channels, m.num_heads, -1, isinstance(m.attention, gd_unet.QKVAttention))
                  for _, m, _ in attn]
@@ -350,7 +355,7 @@ def layer_callables(entry: dict[str, Any]) -> dict[str, tuple[Callable[[], Any],
     import torch
 
     fn, args = entry["jax"]
-    fwd = jax.jit(fn)
+    fwd = compiler.jit(fn)
     has_input = not isinstance(args[1], jax.Array) or args[1].dtype != jnp.int32
 
     if "torch_fn" in entry:
@@ -360,14 +365,12 @@ def layer_callables(entry: dict[str, Any]) -> dict[str, tuple[Callable[[], Any],
         return {"fwd": (lambda: jax.block_until_ready(fwd(*args)), t_fwd)}
 
     gs = [jnp.ones_like(o) for o in jax.eval_shape(fn, *args)]
-    gts = [torch.ones_like(x) if isinstance(m, torch.nn.Conv2d) is False else None for m, x in entry["torch"]]
-    del gts
 
     def vjp(ps, xs, gs):
         o, f = jax.vjp(lambda xs: fn(ps, xs), xs)
         return o, f(gs)[0]
 
-    jv = jax.jit(vjp)
+    jv = compiler.jit(vjp)
     pairs = entry["torch"]
 
     def t_fwd() -> Any:

@@ -524,3 +524,57 @@ def test_conv_gradients_equal_lax(kernel, stride, size):
     g_ours = jax.jit(jax.grad(lambda x, k: jnp.sum(w * ours(x, k)), (0, 1)))(x, k)
     for a, b in zip(g_ours, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _reference_group_norm(h, scale, bias, groups=32, eps=1e-5):
+    b, *spatial, c = h.shape
+    v = h.reshape(b, -1, groups, c // groups)
+    mean = v.mean(axis=(1, 3), keepdims=True)
+    var = jnp.square(v - mean).mean(axis=(1, 3), keepdims=True)
+    xhat = ((v - mean) / jnp.sqrt(var + eps)).reshape(h.shape)
+    shape = (-1,) + (1,) * len(spatial) + (c,)
+    return xhat * scale.reshape(shape) + bias.reshape(shape)
+
+
+@pytest.mark.parametrize("act", [False, True])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_group_norm_vjps_equal_autodiff(act, per_sample):
+    """GroupNorm (and GroupNorm + SiLU) with their written-out VJPs: the values and the
+    gradients with respect to the input and the affine parameters are autodiff's of a plain
+    GroupNorm, for shared (C,) and per-sample (B, C) affines, on inputs far from zero mean."""
+    from invdiff.nets.unet import group_norm, group_norm_silu
+
+    ks = jax.random.split(jax.random.key(3), 4)
+    h = 3.0 + 2.0 * jax.random.normal(ks[0], (2, 5, 3, 64))
+    shape = (2, 64) if per_sample else (64,)
+    scale = 1 + 0.3 * jax.random.normal(ks[1], shape)
+    bias = 0.5 * jax.random.normal(ks[2], shape)
+    w = jax.random.normal(ks[3], h.shape)
+    ours = (lambda *a: group_norm_silu(*a, 32, 1e-5)) if act else (lambda *a: group_norm(*a, 32, 1e-5))
+    ref = (lambda *a: jax.nn.silu(_reference_group_norm(*a))) if act else _reference_group_norm
+    np.testing.assert_allclose(jax.jit(ours)(h, scale, bias), ref(h, scale, bias), rtol=1e-5, atol=1e-5)
+    grads = [jax.jit(jax.grad(lambda *a: jnp.sum(w * f(*a)), (0, 1, 2)))(h, scale, bias) for f in (ours, ref)]
+    for a, b in zip(*grads):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(4, 4), (5, 3)])
+def test_upsampling_conv_equals_upsample_then_conv(size):
+    """``Conv2d(upsample=True)`` (four 2x2 convolutions of the small image) equals a 3x3 conv
+    of the nearest-neighbour upsampled image, values and both gradients."""
+    from invdiff.nets.conv import Conv2d
+
+    x = jax.random.normal(jax.random.key(0), (2, *size, 6))
+    params = Conv2d(7, 3).init(jax.random.key(1), x)
+    up = lambda x: jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    ours = lambda p, x: Conv2d(7, 3, upsample=True).apply(p, x)
+    ref = lambda p, x: Conv2d(7, 3).apply(p, up(x))
+    assert ours(params, x).shape == (2, 2 * size[0], 2 * size[1], 7)
+    np.testing.assert_allclose(ours(params, x), ref(params, x), rtol=1e-5, atol=1e-5)
+    w = jax.random.normal(jax.random.key(2), ref(params, x).shape)
+    grads = [jax.jit(jax.grad(lambda p, x: jnp.sum(w * f(p, x)), (0, 1)))(params, x) for f in (ours, ref)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="3x3 stride-1"):
+        Conv2d(7, 3, strides=2, upsample=True).init(jax.random.key(1), x)

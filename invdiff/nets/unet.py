@@ -65,21 +65,28 @@ class GroupNorm32(nn.Module):
     epsilon: float = 1e-5
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, scale_shift: tuple[Array, Array] | None = None, *,
+                 act: bool = False) -> Array:
+        """GroupNorm of ``x``; with ``scale_shift`` = (s, b), each (B, C), ``GN(x) * (1 + s) + b``
+        (a ResBlock's scale-shift norm), folded into the norm's own per-channel affine; with
+        ``act``, followed by SiLU (:func:`group_norm_silu`, in float32)."""
         c = x.shape[-1]
         if c % self.num_groups:
             raise ValueError(f"GroupNorm32 needs channels divisible by {self.num_groups}, got {c}")
         scale = checked_param(self, "scale", nn.initializers.ones, (c,))
         bias = checked_param(self, "bias", nn.initializers.zeros, (c,))
-        return group_norm(x.astype(jnp.float32), scale, bias, self.num_groups,
-                          self.epsilon).astype(x.dtype)
+        if scale_shift is not None:
+            s, b = (jnp.asarray(v, jnp.float32) for v in scale_shift)
+            scale, bias = scale * (1 + s), bias * (1 + s) + b
+        norm = group_norm_silu if act else group_norm
+        return norm(x.astype(jnp.float32), scale, bias, self.num_groups, self.epsilon).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def group_norm(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> Array:
-    """GroupNorm of channels-last ``h`` (B, ..., C) with affine ``scale``, ``bias`` (C,): the
-    mean, then the variance of the centred values (two passes, as torch), per sample and group
-    of C / groups channels.
+    """GroupNorm of channels-last ``h`` (B, ..., C) with affine ``scale``, ``bias``, each (C,) or
+    per sample (B, C): the mean, then the variance of the centred values (two passes, as torch),
+    per sample and group of C / groups channels.
 
     Every pass sums over the spatial axes per channel first (contiguous rows in NHWC), then over
     the channels of a group: reducing a (B, H, W, G, C/G) view in one go ran 2-4x slower on
@@ -100,30 +107,90 @@ def _channel_sums(h: Array) -> Array:
     return jnp.sum(h, tuple(range(1, h.ndim - 1)))
 
 
-def _group_norm_fwd(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> tuple[Array, tuple]:
+def _per_sample(v: Array, like: Array) -> Array:
+    """An affine parameter (C,) or (B, C) as (1 or B, 1.., C), to broadcast against ``like``."""
+    return v.reshape((-1,) + (1,) * (like.ndim - 2) + (like.shape[-1],))
+
+
+def _group_stats(h: Array, groups: int, eps: float) -> tuple[Array, Array]:
     mean = _group_mean(_channel_sums(h), h, groups)
-    d = h - mean
-    rstd = jax.lax.rsqrt(_group_mean(_channel_sums(jnp.square(d)), h, groups) + eps)
-    return d * (rstd * scale) + bias, (h, mean, rstd, scale)
+    return mean, jax.lax.rsqrt(_group_mean(_channel_sums(jnp.square(h - mean)), h, groups) + eps)
+
+
+def _group_norm_fwd(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> tuple[Array, tuple]:
+    mean, rstd = _group_stats(h, groups, eps)
+    return (h - mean) * (rstd * _per_sample(scale, h)) + _per_sample(bias, h), (h, mean, rstd, scale, bias)
 
 
 def _group_norm_bwd(groups: int, eps: float, res: tuple, g: Array) -> tuple[Array, Array, Array]:
-    # xhat = (h - mean) rstd; d/dh: rstd (gx - mean(gx) - xhat mean(gx xhat)) with gx = g scale,
-    # means per group. xhat is recomputed from h (kept by the layers around anyway).
-    h, mean, rstd, scale = res
-    xhat = (h - mean) * rstd
-    gx = g * scale
-    m1 = _group_mean(_channel_sums(gx), h, groups)
-    m2 = _group_mean(_channel_sums(gx * xhat), h, groups)
-    batch_spatial = tuple(range(h.ndim - 1))
-    return (rstd * (gx - m1 - xhat * m2), jnp.sum(g * xhat, batch_spatial), jnp.sum(g, batch_spatial))
+    return _norm_input_grad(groups, res, g, 1.0)
+
+
+def _norm_input_grad(groups: int, res: tuple, gz: Array, factor: float) -> tuple[Array, Array, Array]:
+    """The VJP of z = GN(h) * scale + bias for dL/dz = ``factor * gz``.
+
+    With xhat = (h - mean) rstd and gx = dL/dz scale, dL/dh = rstd (gx - <gx> - xhat <gx xhat>)
+    (<.> a mean over the group), written as gz a + h b + c with coefficients a, b, c per sample
+    and channel. Then every pass over the image reads only h and gz, and no image-sized
+    intermediate is shared between two passes: XLA:CPU would store each such one."""
+    h, mean, rstd, scale, bias = res
+    c = h.shape[-1]
+    sf = factor * scale.reshape(-1, c)  # (1 or B, C)
+    sums = _channel_sums(gz)  # (B, C)
+    sums_d = _channel_sums(gz * (h - mean))
+    m1 = _group_mean(sums * sf, h, groups)  # <gx>
+    m2 = rstd * _group_mean(sums_d * sf, h, groups)  # <gx xhat>
+    b = -rstd * rstd * m2
+    dh = gz * (rstd * _per_sample(sf, h)) + h * b + (-mean * b - rstd * m1)
+    flat = (h.shape[0], c)
+    dscale = factor * rstd.reshape(flat) * sums_d  # sum of dL/dz xhat, (B, C)
+    dbias = factor * sums
+    if scale.ndim == 1:
+        dscale = dscale.sum(0)
+    if bias.ndim == 1:
+        dbias = dbias.sum(0)
+    return dh, dscale, dbias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm_silu(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> Array:
+    """``silu(group_norm(h, scale, bias, groups, eps))``, as u + u tanh(u) with u = z / 2 (the
+    same function: sigmoid(z) = (1 + tanh(z / 2)) / 2). Its VJP keeps only ``h`` and the
+    per-group statistics and recomputes the rest, so the forward pass fuses whole into the
+    convolution that reads its output. No scalar constant meets an image-sized array in either
+    pass: XLA:CPU stored each such broadcast constant as an image."""
+    return _group_norm_silu_fwd(h, scale, bias, groups, eps)[0]
+
+
+def _half_norm(h: Array, mean: Array, rstd: Array, scale: Array, bias: Array) -> Array:
+    """GN(h) * scale + bias, halved (the halving folded into the per-channel coefficients)."""
+    return (h - mean) * (rstd * _per_sample(0.5 * scale, h)) + _per_sample(0.5 * bias, h)
+
+
+def _group_norm_silu_fwd(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> tuple[Array, tuple]:
+    mean, rstd = _group_stats(h, groups, eps)
+    u = _half_norm(h, mean, rstd, scale, bias)
+    return u + u * jnp.tanh(u), (h, mean, rstd, scale, bias)
+
+
+def _group_norm_silu_bwd(groups: int, eps: float, res: tuple, g: Array) -> tuple[Array, Array, Array]:
+    # behind a barrier, or XLA merges this recomputation with the forward pass's (CSE) and
+    # stores u and tanh(u) after all
+    res = jax.lax.optimization_barrier(res)
+    u = _half_norm(*res)
+    t = jnp.tanh(u)
+    gu = g * u
+    # d silu / dz = (1 + t + u (1 - t^2)) / 2
+    return _norm_input_grad(groups, res, g + g * t + gu - gu * t * t, 0.5)
 
 
 group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+group_norm_silu.defvjp(_group_norm_silu_fwd, _group_norm_silu_bwd)
 
 
 def silu(x: Array) -> Array:
-    """x * sigmoid(x), as ``jax.nn.silu`` but inline (not a nested jit: cheaper to trace)."""
+    """x * sigmoid(x), as ``jax.nn.silu`` but inline (not a nested jit: cheaper to trace). The
+    UNet's SiLUs after a norm are :func:`group_norm_silu`; this one acts on the time embedding."""
     return x * jax.lax.logistic(x)
 
 
@@ -145,9 +212,22 @@ class Dense(nn.Module):
                                    precision=self.precision) + b
 
 
+#: nearest x2 upsampling followed by a 3x3 conv is computed as one :func:`up2_conv3` (False: as
+#: written in the original, for comparisons)
+FUSED_UPSAMPLE_CONV = True
+
+
 def _conv(features: int, kernel: int, name: str, dtype: Dtype, precision: Any,
-          strides: int = 1) -> Conv2d:
-    return Conv2d(features, kernel, strides=strides, dtype=dtype, precision=precision, name=name)
+          strides: int = 1, upsample: bool = False) -> Conv2d:
+    return Conv2d(features, kernel, strides=strides, dtype=dtype, precision=precision, name=name,
+                  upsample=upsample)
+
+
+def _up_conv(x: Array, features: int, name: str, dtype: Dtype, precision: Any) -> Array:
+    """``Conv2d(features, 3)(_nearest_up2(x))``."""
+    if FUSED_UPSAMPLE_CONV:
+        return _conv(features, 3, name, dtype, precision, upsample=True)(x)
+    return _conv(features, 3, name, dtype, precision)(_nearest_up2(x))
 
 
 def _avg_pool2(x: Array) -> Array:
@@ -170,10 +250,9 @@ class Upsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = _nearest_up2(x)
         if self.use_conv:
-            x = _conv(self.out_channels or self.channels, 3, "conv", self.dtype, self.precision)(x)
-        return x
+            return _up_conv(x, self.out_channels or self.channels, "conv", self.dtype, self.precision)
+        return _nearest_up2(x)
 
 
 class Downsample(nn.Module):
@@ -213,23 +292,23 @@ class ResBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, emb: Array, train: bool = False) -> Array:
         oc = self.out_channels
-        h = silu(GroupNorm32(name="in_layers_0")(x))
-        if self.up or self.down:
-            resample = _nearest_up2 if self.up else _avg_pool2
-            h = resample(h)
-            x = resample(x)
-        h = _conv(oc, 3, "in_layers_2", self.dtype, self.precision)(h)
+        h = GroupNorm32(name="in_layers_0")(x, act=True)
+        if self.up:
+            h = _up_conv(h, oc, "in_layers_2", self.dtype, self.precision)
+            x = _nearest_up2(x)
+        else:
+            if self.down:
+                h, x = _avg_pool2(h), _avg_pool2(x)
+            h = _conv(oc, 3, "in_layers_2", self.dtype, self.precision)(h)
 
         # Linear layers stay float32 in the original's fp16 mode; cast the result.
         emb_out = Dense(2 * oc if self.use_scale_shift_norm else oc, dtype=jnp.float32,
                         precision=self.precision, name="emb_layers_1")(silu(emb))
-        emb_out = emb_out.astype(self.dtype)[:, None, None, :]
+        emb_out = emb_out.astype(self.dtype)
         if self.use_scale_shift_norm:
-            scale, shift = jnp.split(emb_out, 2, axis=-1)
-            h = GroupNorm32(name="out_layers_0")(h) * (1 + scale) + shift
+            h = GroupNorm32(name="out_layers_0")(h, tuple(jnp.split(emb_out, 2, axis=-1)), act=True)
         else:
-            h = GroupNorm32(name="out_layers_0")(h + emb_out)
-        h = silu(h)
+            h = GroupNorm32(name="out_layers_0")(h + emb_out[:, None, None, :], act=True)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = _conv(oc, 3, "out_layers_3", self.dtype, self.precision)(h)
 
@@ -418,7 +497,7 @@ class UNet(nn.Module):
 
         # The original casts back to the input dtype before ``out`` (float32 in fp16 mode).
         h = h.astype(jnp.float32)
-        h = silu(GroupNorm32(name="out_0")(h))
+        h = GroupNorm32(name="out_0")(h, act=True)
         return _conv(self.out_channels, 3, "out_2", jnp.float32, prec)(h)
 
 
