@@ -553,7 +553,7 @@ def test_group_norm_vjps_equal_autodiff(act, per_sample):
     ours = (lambda *a: group_norm_silu(*a, 32, 1e-5)) if act else (lambda *a: group_norm(*a, 32, 1e-5))
     ref = (lambda *a: jax.nn.silu(_reference_group_norm(*a))) if act else _reference_group_norm
     np.testing.assert_allclose(jax.jit(ours)(h, scale, bias), ref(h, scale, bias), rtol=1e-5, atol=1e-5)
-    grads = [jax.jit(jax.grad(lambda *a: jnp.sum(w * f(*a)), (0, 1, 2)))(h, scale, bias) for f in (ours, ref)]
+    grads = [jax.jit(jax.grad(lambda *a, f=f: jnp.sum(w * f(*a)), (0, 1, 2)))(h, scale, bias) for f in (ours, ref)]
     for a, b in zip(*grads):
         assert a.shape == b.shape
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -573,7 +573,7 @@ def test_upsampling_conv_equals_upsample_then_conv(size):
     assert ours(params, x).shape == (2, 2 * size[0], 2 * size[1], 7)
     np.testing.assert_allclose(ours(params, x), ref(params, x), rtol=1e-5, atol=1e-5)
     w = jax.random.normal(jax.random.key(2), ref(params, x).shape)
-    grads = [jax.jit(jax.grad(lambda p, x: jnp.sum(w * f(p, x)), (0, 1)))(params, x) for f in (ours, ref)]
+    grads = [jax.jit(jax.grad(lambda p, x, f=f: jnp.sum(w * f(p, x)), (0, 1)))(params, x) for f in (ours, ref)]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="3x3 stride-1"):

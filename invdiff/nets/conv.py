@@ -30,6 +30,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
@@ -86,27 +87,30 @@ def checked_param(module: nn.Module, name: str, init: Any, shape: tuple[int, ...
     return module.param(name, init, shape, jnp.float32)
 
 
-def _fold_taps(k: Array, axis: int) -> tuple[Array, Array]:
-    """A 3-tap kernel axis seen from a nearest-neighbour x2 upsampled input, per output phase:
-    even outputs read input pixels (i-1, i) with taps (k0, k1 + k2), odd ones (i, i+1) with
-    (k0 + k1, k2)."""
-    k0, k1, k2 = jnp.split(k, 3, axis)
-    return jnp.concatenate([k0, k1 + k2], axis), jnp.concatenate([k0 + k1, k2], axis)
+#: _TAPS[a, u, r]: for output phase a (even, odd) of a nearest-neighbour x2 upsampled input,
+#: tap u of a 3-tap kernel reads input pixel i - 1 + a + r, with r = (a + u + 1) // 2 - a
+_TAPS = np.zeros((2, 3, 2), np.float32)
+for _a in range(2):
+    for _u in range(3):
+        _TAPS[_a, _u, (_a + _u + 1) // 2 - _a] = 1.0
 
 
 def up2_conv3(x: Array, k: Array, precision: Any = None) -> Array:
     """``conv(nearest_up2(x), k)`` for a 3x3 kernel ``k`` padded by 1, without the upsampled
-    image: each of the four output phases is a 2x2 convolution of ``x`` with taps summed from
-    ``k`` (:func:`_fold_taps`), and the phases are interleaved. 4/9 of the multiply-adds, and the
-    input gradient needs no 2x2 sum over an upsampled gradient. Equal to the direct form up to
-    float rounding (the taps are added before multiplying)."""
-    b, h, w, _ = x.shape
-    rows = []
-    for a, ka in enumerate(_fold_taps(k, 0)):
-        cols = [conv(x, kab, (1, 1), ((1 - a, a), (1 - c, c)), precision)
-                for c, kab in enumerate(_fold_taps(ka, 1))]
-        rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2, O)
-    return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, k.shape[-1])
+    image: even output rows read input rows (i-1, i) with taps (k0, k1 + k2), odd ones (i, i+1)
+    with (k0 + k1, k2), and likewise for columns. All four phases are one 2x2 convolution of
+    ``x`` padded by 1, with 4x the output channels; each phase is its output shifted by (a, c)
+    and the phases are interleaved. 4/9 (H+1)(W+1)/(HW) of the direct form's multiply-adds
+    (0.47 at 32x32), and the input gradient needs no 2x2 sum over an upsampled gradient.
+    Equal to the direct form up to float rounding (the taps are added before multiplying)."""
+    b, h, w, ci = x.shape
+    o = k.shape[-1]
+    taps = jnp.asarray(_TAPS, k.dtype)
+    k4 = jnp.einsum("aur,cvs,uvio->rsiaco", taps, taps, k, precision=lax.Precision.HIGHEST)
+    y = conv(x, k4.reshape(2, 2, ci, 4 * o), (1, 1), ((1, 1), (1, 1)), precision)
+    y = y.reshape(b, h + 1, w + 1, 2, 2, o)
+    rows = [jnp.stack([y[:, a:a + h, c:c + w, a, c] for c in range(2)], axis=3) for a in range(2)]
+    return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)  # (B, H, 2, W, 2, O) interleaved
 
 
 class Conv2d(nn.Module):

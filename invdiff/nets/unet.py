@@ -31,6 +31,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from invdiff.nets.conv import Conv2d, checked_param
 
@@ -38,6 +39,7 @@ Array = jax.Array
 Dtype = Any
 
 _PAD1 = ((1, 1), (1, 1))
+GROUP_MEAN_DOT = True
 
 
 def timestep_embedding(t: Array, dim: int, max_period: int = 10000) -> Array:
@@ -99,6 +101,11 @@ def _group_mean(v: Array, like: Array, groups: int) -> Array:
     """Per-channel sums ``v`` (B, C) of ``like`` (B, ..., C) -> their group means, (B, 1.., C)."""
     b, c = v.shape
     n = math.prod(like.shape[1:-1]) * (c // groups)
+    if GROUP_MEAN_DOT:
+        gid = np.arange(c) // (c // groups)
+        avg = jnp.asarray((gid[:, None] == gid[None, :]) / n, v.dtype)
+        g = jnp.dot(v, avg, precision=jax.lax.Precision.HIGHEST)
+        return g.reshape((b,) + (1,) * (like.ndim - 2) + (c,))
     g = v.reshape(b, groups, c // groups).sum(-1) / n
     return jnp.repeat(g, c // groups, axis=1).reshape((b,) + (1,) * (like.ndim - 2) + (c,))
 
@@ -117,9 +124,17 @@ def _group_stats(h: Array, groups: int, eps: float) -> tuple[Array, Array]:
     return mean, jax.lax.rsqrt(_group_mean(_channel_sums(jnp.square(h - mean)), h, groups) + eps)
 
 
+def _affine(h: Array, mean: Array, rstd: Array, scale: Array, bias: Array, factor: float = 1.0) -> Array:
+    """factor (GN(h) scale + bias) as h a + c, with a = factor rstd scale and c = factor bias - mean a
+    per sample and channel (as torch's GroupNorm kernel computes it). Each per-channel array
+    meets the image once: XLA:CPU stored a broadcast shared by two passes as an image."""
+    a = rstd * _per_sample(factor * scale, h)
+    return h * a + (_per_sample(factor * bias, h) - mean * a)
+
+
 def _group_norm_fwd(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> tuple[Array, tuple]:
     mean, rstd = _group_stats(h, groups, eps)
-    return (h - mean) * (rstd * _per_sample(scale, h)) + _per_sample(bias, h), (h, mean, rstd, scale, bias)
+    return _affine(h, mean, rstd, scale, bias), (h, mean, rstd, scale, bias)
 
 
 def _group_norm_bwd(groups: int, eps: float, res: tuple, g: Array) -> tuple[Array, Array, Array]:
@@ -162,14 +177,9 @@ def group_norm_silu(h: Array, scale: Array, bias: Array, groups: int, eps: float
     return _group_norm_silu_fwd(h, scale, bias, groups, eps)[0]
 
 
-def _half_norm(h: Array, mean: Array, rstd: Array, scale: Array, bias: Array) -> Array:
-    """GN(h) * scale + bias, halved (the halving folded into the per-channel coefficients)."""
-    return (h - mean) * (rstd * _per_sample(0.5 * scale, h)) + _per_sample(0.5 * bias, h)
-
-
 def _group_norm_silu_fwd(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> tuple[Array, tuple]:
     mean, rstd = _group_stats(h, groups, eps)
-    u = _half_norm(h, mean, rstd, scale, bias)
+    u = _affine(h, mean, rstd, scale, bias, 0.5)
     return u + u * jnp.tanh(u), (h, mean, rstd, scale, bias)
 
 
@@ -177,7 +187,7 @@ def _group_norm_silu_bwd(groups: int, eps: float, res: tuple, g: Array) -> tuple
     # behind a barrier, or XLA merges this recomputation with the forward pass's (CSE) and
     # stores u and tanh(u) after all
     res = jax.lax.optimization_barrier(res)
-    u = _half_norm(*res)
+    u = _affine(*res, 0.5)
     t = jnp.tanh(u)
     gu = g * u
     # d silu / dz = (1 + t + u (1 - t^2)) / 2
