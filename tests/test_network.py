@@ -559,6 +559,16 @@ def test_group_norm_vjps_equal_autodiff(act, per_sample):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_attention_softmax_vjp_equals_autodiff():
+    from invdiff.nets.unet import softmax
+
+    x = 5 * jax.random.normal(jax.random.key(0), (2, 3, 7, 7))
+    w = jax.random.normal(jax.random.key(1), x.shape)
+    np.testing.assert_allclose(softmax(x), jax.nn.softmax(x, axis=-1), rtol=1e-6, atol=1e-7)
+    grads = [jax.grad(lambda x, f=f: jnp.sum(w * f(x)))(x) for f in (softmax, jax.nn.softmax)]
+    np.testing.assert_allclose(*grads, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("size", [(4, 4), (5, 3)])
 def test_upsampling_conv_equals_upsample_then_conv(size):
     """``Conv2d(upsample=True)`` (four 2x2 convolutions of the small image) equals a 3x3 conv
