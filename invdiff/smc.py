@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from invdiff import rng
+
 Array = jax.Array
 
 RESAMPLING = ("systematic", "multinomial")
@@ -74,7 +76,7 @@ def select_first(key: Array, log_w: Array, scheme: str) -> Array:
     that slot 0 is a draw from the weighted particle set (an unbiased resampling gives particle
     i an expected N·w_i copies, so a uniformly chosen slot holds particle i with probability w_i)."""
     b, n = log_w.shape
-    k_res, k_slot = jax.random.split(key)
+    k_res, k_slot = rng.split(key)
     anc = ancestors(k_res, log_w, scheme)
     shift = jax.random.randint(k_slot, (b, 1), 0, n)
     return jnp.take_along_axis(anc, (jnp.arange(n)[None, :] + shift) % n, axis=-1)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from invdiff import compiler, noise
+from invdiff import compiler, noise, rng
 from invdiff.model import Model
 from invdiff.operator import LinearOperator, PartialIsometry, SVDOperator, _bdot, _per_sample
 from invdiff.schedule import repaint_schedule, transitions
@@ -194,14 +194,14 @@ def ancestral_step(x: Array, x0: Array, tr: Step, v: Array | None, key: Array) -
     """DDPM ancestral step t -> s (Ho et al. 2020, eq. 6-7); no noise on the last step."""
     mean = noise.q_posterior_mean(x0, x, tr.abar_t, tr.abar_s, tr.omab_t, tr.omab_s, tr.beta)
     var = ancestral_variance(tr, v)
-    z = jax.random.normal(key, x.shape, x.dtype)
+    z = rng.normal(key, x.shape, x.dtype)
     return mean + jnp.where(tr.is_last, 0.0, jnp.sqrt(var)) * z
 
 
 def noised_measurement(problem: Problem, tr: Step, key: Array) -> Array:
     """y_s = sqrt(ᾱ_s) y + sqrt(1 - ᾱ_s) A z: the known part noised like the forward process."""
     x_like = jax.eval_shape(problem.op.AT, problem.y)  # only the shape: no work
-    z = jax.random.normal(key, x_like.shape, x_like.dtype)
+    z = rng.normal(key, x_like.shape, x_like.dtype)
     return jnp.sqrt(tr.abar_s) * problem.y + tr.sigma_s * problem.op.A(z)
 
 
@@ -273,9 +273,9 @@ def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array,
     _TRACES["count"] += 1
     length = tr[0].shape[0]
     every = progress_interval(length)
-    key_init, key_steps = jax.random.split(key)
+    key_init, key_steps = rng.split(key)
     state = solver.init(problem, x_init, key_init)
-    keys = jax.random.split(key_steps, length)
+    keys = rng.split(key_steps, length)
     xs = (tr, keys, jnp.arange(length, dtype=jnp.int32))
 
     def body(carry, inp):
@@ -288,7 +288,7 @@ def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array,
             return solver.step(problem, st, x, state, k)
 
         def go_up(_):
-            return noise.renoise(x, beta, jax.random.normal(k, x.shape, x.dtype)), state, x0
+            return noise.renoise(x, beta, rng.normal(k, x.shape, x.dtype)), state, x0
 
         # a walk without up-steps needs no branch (RePaint-style resampling walks do)
         x, state, x0 = jax.lax.cond(up, go_up, go_down, None) if resample else go_down(None)
@@ -321,8 +321,8 @@ _run_compiled = compiler.jit(_run, static_argnames=("save_every", "progress", "s
 
 
 def _split_and_normal(key: Array, shape: tuple[int, ...]) -> tuple[Array, Array]:
-    key, k0 = jax.random.split(key)
-    return key, jax.random.normal(k0, shape, jnp.float32)
+    key, k0 = rng.split(key)
+    return key, rng.normal(k0, shape, jnp.float32)
 
 
 #: x_T ~ N(0, I) and the key left for the walk, as one small program with invdiff's options:
@@ -619,4 +619,4 @@ def noised(x0: Array, model: Model, steps: int, start_step: int, key: Array) -> 
     chain: the ``x_init`` of an SDEdit-style partial solve."""
     use, _ = model.schedule.respace(str(steps))
     abar = jnp.asarray(model.schedule.alphas_cumprod[use[start_step]], jnp.float32)
-    return noise.q_sample(jnp.asarray(x0), jax.random.normal(key, jnp.shape(x0)), abar)
+    return noise.q_sample(jnp.asarray(x0), rng.normal(key, jnp.shape(x0)), abar)

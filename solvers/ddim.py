@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from invdiff import rng
 from invdiff.noise import ddim_step
 from invdiff.solve import Problem, Solver, Step, denoise
 
@@ -23,6 +24,6 @@ class DDIM(Solver):
 
     def step(self, problem: Problem, tr: Step, x: jax.Array, state: Any, key: jax.Array):
         eps, x0, _ = denoise(problem, x, tr)
-        z = jax.random.normal(key, x.shape, x.dtype)
+        z = rng.normal(key, x.shape, x.dtype)
         return ddim_step(x0, eps, tr.abar_t, tr.abar_s, jnp.asarray(self.eta, x.dtype), z,
                       tr.omab_t, tr.omab_s, tr.beta), state, x0

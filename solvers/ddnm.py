@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from invdiff import rng
 from invdiff.operator import Composed, LinearOperator, PartialIsometry, SVDOperator
 from invdiff.schedule import repaint_schedule
 from invdiff.solve import Problem, Solver, Step, denoise
@@ -145,6 +146,6 @@ class DDNM(Solver):
         sigma_y = problem.sigma_y.astype(x.dtype)
         x0 = x0t - weighted_correction(op, op.pinv(op.A(x0t) - problem.y), a, sigma_s, sigma_y)
         eta = jnp.asarray(self.eta, x.dtype)
-        z = jax.random.normal(key, x.shape, x.dtype)
+        z = rng.normal(key, x.shape, x.dtype)
         noise = sigma_s * (eta * z + jnp.sqrt(1.0 - eta**2) * eps)
         return a * x0 + scaled_noise(op, noise, a, sigma_s, sigma_y), state, x0t

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from invdiff import rng
 from invdiff.operator import SVDOperator
 from invdiff.schedule import respaced_timesteps
 from invdiff.solve import Problem, Solver, Step, denoise
@@ -98,7 +99,7 @@ class DDRM(Solver):
         xbar0 = op.Vt(x0)
         ebar = op.Vt(eps)
         s, observed, ybar = self._spectral(problem, xbar0)
-        z = jax.random.normal(key, xbar0.shape, xbar0.dtype)
+        z = rng.normal(key, xbar0.shape, xbar0.dtype)
 
         eta = jnp.asarray(self.eta, x.dtype)
         eta_b = jnp.asarray(self.eta_b, x.dtype)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from invdiff import rng
 from invdiff.noise import NoiseSchedule, eps_from_x0
 from invdiff.schedule import quadratic_timesteps
 from invdiff.solve import Problem, Solver, Step, denoise
@@ -73,7 +74,7 @@ class DiffPIR(Solver):
         x0 = problem.op.prox(x0_t, problem.y, rho)
         eps = eps_from_x0(x, x0, tr.abar_t, tr.omab_t)
         zeta = jnp.asarray(self.zeta, x.dtype)
-        z = jax.random.normal(key, x.shape, x.dtype)
+        z = rng.normal(key, x.shape, x.dtype)
         x_s = jnp.sqrt(tr.abar_s) * x0 + jnp.sqrt(tr.omab_s) * (
             jnp.sqrt(1.0 - zeta) * eps + jnp.sqrt(zeta) * z)
         return x_s, state, x0

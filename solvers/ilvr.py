@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from invdiff import rng
 from invdiff.solve import Problem, Solver, Step, ancestral_step, denoise, project_to_measurement
 
 
@@ -41,7 +42,7 @@ class ILVR(Solver):
     range_t: jax.Array = struct.field(default_factory=lambda: jnp.asarray(0, jnp.int32))
 
     def step(self, problem: Problem, tr: Step, x: jax.Array, state: Any, key: jax.Array):
-        k_step, k_meas = jax.random.split(key)
+        k_step, k_meas = rng.split(key)
         _, x0, v = denoise(problem, x, tr)
         x_p = ancestral_step(x, x0, tr, v, k_step)
         on = tr.t >= jnp.asarray(self.range_t, jnp.int32)

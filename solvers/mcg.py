@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from invdiff import rng
 from invdiff.solve import (
     Problem,
     Solver,
@@ -54,7 +55,7 @@ class MCG(Solver):
     vjp_per_step = 1
 
     def step(self, problem: Problem, tr: Step, x: Array, state: Any, key: Array):
-        k_step, k_meas = jax.random.split(key)
+        k_step, k_meas = rng.split(key)
         _, x0, v, vjp = denoise_vjp(problem, x, tr)
         x_p = ancestral_step(x, x0, tr, v, k_step)
 

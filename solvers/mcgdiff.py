@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from invdiff import noise, smc
+from invdiff import noise, rng, smc
 from invdiff.operator import SVDOperator
 from invdiff.solve import Problem, Solver, Step, denoise
 
@@ -88,7 +88,7 @@ class MCGdiff(Solver):
 
     def step(self, problem: Problem, tr: Step, x: Array, state: Any, key: Array) -> tuple[Array, Any, Array]:
         log_w, log_g = state
-        k_res, k_z, k_fin = jax.random.split(key, 3)
+        k_res, k_z, k_fin = rng.split(key, 3)
         op = problem.op
         _, x0, _ = denoise(problem, x, tr)
         mean = noise.q_posterior_mean(x0, x, tr.abar_t, tr.abar_s, tr.omab_t, tr.omab_s, tr.beta)
@@ -114,7 +114,7 @@ class MCGdiff(Solver):
         mean, mbar = smc.gather(mean, anc), smc.gather(mbar, anc)
 
         # the prior kernel m + σ z, whose observed coordinates are then replaced by the Kalman proposal
-        z = jax.random.normal(k_z, x.shape, x.dtype)
+        z = rng.normal(k_z, x.shape, x.dtype)
         gain = var / (var + v_s)
         xbar = gain * target + (1.0 - gain) * mbar + jnp.sqrt(gain * v_s) * spec(z)
         x_s = mean + jnp.sqrt(var) * z

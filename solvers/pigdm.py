@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from invdiff import rng
 from invdiff.noise import ddim_step
 from invdiff.solve import Problem, Solver, Step, denoise_vjp
 
@@ -75,7 +76,7 @@ class PiGDM(Solver):
     def step(self, problem: Problem, tr: Step, x: Array, state: Any, key: Array) -> tuple[Array, Any, Array]:
         eps, x0, score = likelihood_score(problem, x, tr)
         g = tr.omab_t * score
-        z = jax.random.normal(key, x.shape, x.dtype)
+        z = rng.normal(key, x.shape, x.dtype)
         x_s = ddim_step(x0, eps, tr.abar_t, tr.abar_s, jnp.asarray(self.eta, x.dtype), z,
                           tr.omab_t, tr.omab_s, tr.beta)
         coeff = jnp.asarray(self.weight, x.dtype) * jnp.sqrt(tr.abar_s) * jnp.sqrt(tr.abar_t)

@@ -7,6 +7,7 @@ from typing import Any
 import jax
 from flax import struct
 
+from invdiff import rng
 from invdiff.solve import Problem, Solver, Step, ancestral_step, denoise, project_to_measurement
 
 
@@ -38,7 +39,7 @@ class RePaint(Solver):
     jump_n_sample: int = struct.field(pytree_node=False, default=10, kw_only=True)
 
     def step(self, problem: Problem, tr: Step, x: jax.Array, state: Any, key: jax.Array):
-        k_step, k_meas = jax.random.split(key)
+        k_step, k_meas = rng.split(key)
         _, x0, v = denoise(problem, x, tr)
         x_u = ancestral_step(x, x0, tr, v, k_step)
         return project_to_measurement(problem, x_u, tr, k_meas), state, x0

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from invdiff import noise, smc
+from invdiff import noise, rng, smc
 from invdiff.operator import _bdot
 from invdiff.solve import Problem, Solver, Step, ancestral_variance, denoise_vjp
 
@@ -87,7 +87,7 @@ class TDS(Solver):
 
     def step(self, problem: Problem, tr: Step, x: Array, state: Any, key: Array) -> tuple[Array, Any, Array]:
         log_w, log_ratio, log_prev = state
-        k_res, k_z, k_fin = jax.random.split(key, 3)
+        k_res, k_z, k_fin = rng.split(key, 3)
         sy2 = jnp.square(problem.sigma_y.astype(x.dtype))
         s2 = jnp.where(sy2 > 0, sy2, jnp.asarray(self.kappa, x.dtype))
         eps, x0, v, vjp = denoise_vjp(problem, x, tr)
@@ -105,7 +105,7 @@ class TDS(Solver):
         if problem.x0_range is not None:
             x0_tw = jnp.clip(x0_tw, *problem.x0_range)
         mean_tw = noise.q_posterior_mean(x0_tw, x, tr.abar_t, tr.abar_s, tr.omab_t, tr.omab_s, tr.beta)
-        z = jax.random.normal(k_z, x.shape, x.dtype)
+        z = rng.normal(k_z, x.shape, x.dtype)
         x_s = mean_tw + jnp.sqrt(var) * z
         var_safe = jnp.where(var > 0, var, 1.0)
         log_ratio = 0.5 * smc.row_sum((jnp.square(x_s - mean_tw) - jnp.square(x_s - mean)) / var_safe)
