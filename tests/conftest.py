@@ -7,8 +7,10 @@ from pathlib import Path
 
 # Tests compile many small programs and run each once or twice: LLVM -O0 without its expensive
 # passes compiles them 10-35 % faster (benchmarks/results/compile_time_cpu_o0.md) at a run-time
-# cost that short runs do not feel. Set before JAX starts its backend; a user's XLA_FLAGS win.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+# cost that short runs do not feel; the emitters' self-check is off as in invdiff.compiler.
+# Set before JAX starts its backend; a user's XLA_FLAGS win.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                                   "--xla_cpu_emitter_verification_level=0")
 
 import pytest  # noqa: E402
 
