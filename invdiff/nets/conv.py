@@ -4,21 +4,25 @@ Why not ``flax.linen.Conv``: differentiating ``lax.conv_general_dilated`` with r
 input gives a convolution whose kernel has input and output features swapped. Outside a loop
 XLA materialises that transposed kernel once. Inside a ``lax.scan`` body (the solvers' loop),
 XLA's CPU backend folds the transpose into the convolution instead (kernel layout ``01oi``).
-It then runs a generic convolution that is about 3.5x slower.
-
-On the bundled emoji64 model at batch 1 on a 2-core CPU, one forward + VJP costs:
-
-| where | forward + VJP |
-|---|---|
-| outside a loop | 200 ms |
-| inside a scan, with ``lax`` | 775 ms |
-| inside a scan, with this module | 174 ms |
+It then runs a generic convolution that is about 2x slower (table below).
 
 The cost falls on MCG, PiGDM and DPS. :func:`conv` keeps the forward pass and the kernel
 gradient of ``lax``. It writes the input gradient out as a convolution with an explicitly
-flipped and transposed kernel, held behind ``lax.optimization_barrier`` so that XLA cannot fold
-the transpose back. The values are the same as ``lax``'s; ``tests/test_network.py`` compares
-both gradients.
+flipped and transposed kernel, which XLA copies into the standard layout in every step (a pass
+over the weights, small next to the convolutions). The values are the same as ``lax``'s; ``tests/test_network.py``
+compares both gradients.
+
+Forward + VJP of the bundled emoji64 model at batch 4, inside a 4-step ``lax.scan``, on a 2-core
+CPU (jax 0.10.2, invdiff's XLA options):
+
+| input gradient | per step | program compiled in |
+|---|---|---|
+| ``lax``'s own | 548 ms | 5.0 s |
+| this module, transposed kernel behind ``lax.optimization_barrier`` (until Nov 2026) | 291 ms | 6.1-6.7 s |
+| this module, no barrier | 237-253 ms | 5.0-6.1 s |
+
+The barrier made XLA store every transposed kernel twice, in two layouts: one more compiled
+kernel per weight shape.
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ def _conv_fwd(x, k, strides, padding, precision):
 def _conv_bwd(strides, padding, precision, res, g):
     x, k = res
     # input gradient: a stride-1 convolution of g, dilated by the stride, with the kernel
-    # flipped in space and its in/out features swapped (materialised: see the module docstring)
-    kt = lax.optimization_barrier(jnp.swapaxes(k[::-1, ::-1], 2, 3))
+    # flipped in space and its in/out features swapped (see the module docstring)
+    kt = jnp.swapaxes(k[::-1, ::-1], 2, 3)
     pads = []
     for (lo, hi), s, n, kk, m in zip(padding, strides, x.shape[1:3], k.shape[:2], g.shape[1:3]):
         extra = n + lo + hi - kk - (m - 1) * s  # input rows the forward pass never reached
