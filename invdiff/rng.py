@@ -63,19 +63,19 @@ def threefry2x32(k1: Array, k2: Array, x0: Array, x1: Array) -> tuple[Array, Arr
     return x0, x1
 
 
-def _threefry_words(key: Array) -> tuple[Array, Array] | None:
-    """The two uint32 key words of a threefry key (typed, or a raw uint32[2] under the default
-    threefry implementation); None for anything else."""
+def _is_threefry(key: Array) -> bool:
+    """Whether ``key`` is one threefry key whose values this module reproduces: typed, or a raw
+    uint32[2] under the default threefry implementation. Reads only its type, never its data."""
     if not jax.config.jax_threefry_partitionable:
-        return None
+        return False
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape != () or str(jax.random.key_impl(key)) != "threefry2x32":
-            return None
-        data = jax.random.key_data(key)
-    elif key.dtype == jnp.uint32 and key.shape == (2,) and jax.config.jax_default_prng_impl == "threefry2x32":
-        data = key
-    else:
-        return None
+        return key.shape == () and str(jax.random.key_impl(key)) == "threefry2x32"
+    return key.dtype == jnp.uint32 and key.shape == (2,) and jax.config.jax_default_prng_impl == "threefry2x32"
+
+
+def _words(key: Array) -> tuple[Array, Array]:
+    """The two uint32 words of a key that passed :func:`_is_threefry`."""
+    data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     return data[0], data[1]
 
 
@@ -102,14 +102,14 @@ def _erf_inv(x: Array) -> Array:
 def normal(key: Array, shape: tuple[int, ...] = (), dtype: jnp.dtype = jnp.float32) -> Array:
     """``jax.random.normal(key, shape, dtype)``, the same values (see the module docstring)."""
     shape = tuple(int(d) for d in shape)
-    if _threefry_words(key) is None or jnp.dtype(dtype) != jnp.float32 or not 0 < math.prod(shape) < 2**32:
+    if not _is_threefry(key) or jnp.dtype(dtype) != jnp.float32 or not 0 < math.prod(shape) < 2**32:
         return jax.random.normal(key, shape, dtype)
     return _normal(key, shape)
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def _normal(key: Array, shape: tuple[int, ...]) -> Array:
-    b1, b2 = threefry2x32(*_threefry_words(key), *_counter(shape))
+    b1, b2 = threefry2x32(*_words(key), *_counter(shape))
     bits = b1 ^ b2
     # jax.random.uniform(key, shape, float32, _LO, 1): 23 random mantissa bits in [1, 2), minus 1
     floats = lax.bitcast_convert_type((bits >> np.uint32(9)) | np.uint32(0x3F800000), jnp.float32) - np.float32(1)
@@ -119,14 +119,14 @@ def _normal(key: Array, shape: tuple[int, ...]) -> Array:
 
 def split(key: Array, num: int = 2) -> Array:
     """``jax.random.split(key, num)``, the same keys (see the module docstring)."""
-    if _threefry_words(key) is None or not isinstance(num, (int, np.integer)) or not 0 < num < 2**32:
+    if not _is_threefry(key) or not isinstance(num, (int, np.integer)) or not 0 < num < 2**32:
         return jax.random.split(key, num)
     return _split(key, int(num))
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def _split(key: Array, num: int) -> Array:
-    b1, b2 = threefry2x32(*_threefry_words(key), *_counter((num,)))
+    b1, b2 = threefry2x32(*_words(key), *_counter((num,)))
     data = jnp.stack([b1, b2], axis=1)
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         return jax.random.wrap_key_data(data, impl="threefry2x32")

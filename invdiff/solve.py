@@ -325,9 +325,9 @@ def _split_and_normal(key: Array, shape: tuple[int, ...]) -> tuple[Array, Array]
     return key, rng.normal(k0, shape, jnp.float32)
 
 
-#: x_T ~ N(0, I) and the key left for the walk, as one small program with invdiff's options:
-#: jax.random's eager split and normal compiled in about 0.5 s on a 2-core CPU, as much as
-#: an eighth of a solver program's compilation
+#: x_T ~ N(0, I) and the key left for the walk, as one small program with invdiff's options
+#: (jax.random's split and normal as separate eager calls took about 0.5 s to compile on a
+#: 2-core CPU, as much as an eighth of a solver program's compilation)
 _initial_noise = compiler.jit(_split_and_normal, static_argnums=1)
 
 

@@ -41,7 +41,7 @@ def test_split_is_jax_random_split_for_typed_and_raw_keys():
     np.testing.assert_array_equal(rng.normal(raw, (4, 4)), jax.random.normal(raw, (4, 4)))
 
 
-def test_under_vmap_and_scan_like_jax_random():
+def test_under_vmap_like_jax_random():
     keys = jax.random.split(jax.random.key(5), 4)
     np.testing.assert_array_equal(jax.vmap(lambda k: rng.normal(k, (3, 3)))(keys),
                                   jax.vmap(lambda k: jax.random.normal(k, (3, 3)))(keys))
