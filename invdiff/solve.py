@@ -267,10 +267,16 @@ def progress_interval(length: int) -> int:
     return max(1, length // 100)
 
 
-def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array, call_id: Array,
-         save_every: int, progress: bool, sharding: Any, resample: bool = True
-         ) -> tuple[Array, Trajectory | None]:
+def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array | None, key: Array, call_id: Array,
+         save_every: int, progress: bool, sharding: Any, resample: bool = True,
+         init_shape: tuple[int, ...] | None = None) -> tuple[Array, Trajectory | None]:
+    """The walk. ``x_init=None`` draws x_T ~ N(0, I) of ``init_shape`` here, inside the walk's own
+    program (a separate program for the draw took ~0.2 s more to compile on 2 cores)."""
     _TRACES["count"] += 1
+    if x_init is None:
+        key, x_init = _split_and_normal(key, init_shape)
+        if sharding is not None:
+            x_init = jax.lax.with_sharding_constraint(x_init, sharding)
     length = tr[0].shape[0]
     every = progress_interval(length)
     key_init, key_steps = rng.split(key)
@@ -317,18 +323,13 @@ def _run(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array,
     return carry[0], Trajectory(x=txs, x0hat=tx0, t=tt, position=tpos)
 
 
-_run_compiled = compiler.jit(_run, static_argnames=("save_every", "progress", "sharding", "resample"))
+_run_compiled = compiler.jit(_run, static_argnames=("save_every", "progress", "sharding", "resample",
+                                                    "init_shape"))
 
 
 def _split_and_normal(key: Array, shape: tuple[int, ...]) -> tuple[Array, Array]:
     key, k0 = rng.split(key)
     return key, rng.normal(k0, shape, jnp.float32)
-
-
-#: x_T ~ N(0, I) and the key left for the walk, as one small program with invdiff's options
-#: (jax.random's split and normal as separate eager calls took about 0.5 s to compile on a
-#: 2-core CPU, as much as an eighth of a solver program's compilation)
-_initial_noise = compiler.jit(_split_and_normal, static_argnums=1)
 
 
 def _run_jit(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array, call_id: Array,
@@ -430,6 +431,14 @@ def _check_static_fields(solver: Solver) -> None:
             raise ValueError(f"{type(solver).__name__}: {name} must be a positive integer{what}, got {v!r}")
 
 
+def _all_finite(a: Array) -> bool:
+    """Whether every value of a concrete array is finite; read on the host when it can be (no
+    compiled program: jnp's isfinite and all compiled two, ~0.1 s on first use)."""
+    if getattr(a, "is_fully_addressable", True):
+        return bool(np.isfinite(np.asarray(a)).all())
+    return bool(jnp.all(jnp.isfinite(a)))
+
+
 def _check_array(name: str, a: Any) -> Array:
     try:
         arr = jnp.asarray(a)
@@ -441,7 +450,7 @@ def _check_array(name: str, a: Any) -> Array:
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         raise TypeError(f"{name} has dtype {arr.dtype}, not a float: raw pixel values? Convert to floats in the "
                         f"model's units first (images: invdiff.images.to_model maps uint8 0..255 to [-1, 1])")
-    if not isinstance(arr, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(arr))):
+    if not isinstance(arr, jax.core.Tracer) and not _all_finite(arr):
         raise ValueError(f"{name} contains NaN or infinite values; clean or mask them before solving")
     return arr
 
@@ -566,7 +575,8 @@ def solve(
             raise ValueError(f"clip_x0 must be a finite range (low, high) with low < high; got {clip_x0!r}")
         x0_range = (lo, hi)
     _warn_far_from_data_range(model, op, y)
-    problem = Problem(model=model, op=op, y=y, sigma_y=jnp.asarray(sigma_y, jnp.float32), label=label,
+    sigma = jnp.asarray(sigma_y, jnp.float32) if sig is None else jax.device_put(np.float32(sig))
+    problem = Problem(model=model, op=op, y=y, sigma_y=sigma, label=label,
                       x0_range=x0_range)
     solver.check(problem)
 
@@ -581,8 +591,9 @@ def solve(
         w = w[hits[0]:]
     tr = transitions(model.schedule, solver.steps, w, use=solver.timesteps(model.schedule))
     n_part = solver.particle_count()
-    if x_init is None:
-        key, x_init = _initial_noise(key, (batch * n_part,) + x_shape)
+    init_shape = None
+    if x_init is None:  # drawn inside the compiled walk
+        init_shape = (batch * n_part,) + x_shape
     else:
         x_init = _check_array("x_init", x_init)
         if tuple(x_init.shape) != (batch,) + x_shape:
@@ -592,15 +603,18 @@ def solve(
         problem = _repeat_particles(problem, x_shape, batch, n_part)
     if save_every < 0:
         raise ValueError("save_every must be >= 0")
-    tr_arrays = tuple(jnp.asarray(a, jnp.float32) if np.issubdtype(np.asarray(a).dtype, np.floating)
-                      else jnp.asarray(a) for a in tr.arrays())
+    # numpy to device without a compiled conversion (jnp.asarray of numpy compiles a small
+    # "stage" / "convert_element_type" program per shape on first use)
+    tr_arrays = tuple(jax.device_put(np.asarray(a, np.float32) if np.issubdtype(np.asarray(a).dtype, np.floating)
+                                     else np.asarray(a)) for a in tr.arrays())
     problem, x_init, sharding = _shard(problem, x_init, batch * n_part, x_shape, devices)
     call_id = next(_CALL_IDS) % 2**31 if progress is not None else 0
     if progress is not None:
         _PROGRESS[call_id] = progress
     try:
-        x, traj = _run_jit(solver, problem, tr_arrays, x_init, key, jnp.asarray(call_id, jnp.int32),
-                           save_every=int(save_every), progress=progress is not None, sharding=sharding)
+        x, traj = _run_jit(solver, problem, tr_arrays, x_init, key, jax.device_put(np.int32(call_id)),
+                           save_every=int(save_every), progress=progress is not None, sharding=sharding,
+                           init_shape=init_shape)
         if progress is not None:
             x = jax.block_until_ready(x)  # the callbacks must run while this one is registered
     finally:
