@@ -80,43 +80,54 @@ class GroupNorm32(nn.Module):
     def __call__(self, x: Array, scale_shift: tuple[Array, Array] | None = None, *,
                  act: bool = False) -> Array:
         """GroupNorm of ``x``; with ``scale_shift`` = (s, b), each (B, C), ``GN(x) * (1 + s) + b``
-        (a ResBlock's scale-shift norm), folded into the norm's own per-channel affine; with
-        ``act``, followed by SiLU (:func:`group_norm_silu`, in float32)."""
+        (a ResBlock's scale-shift norm); with ``act``, followed by SiLU (:func:`group_norm_silu`,
+        in float32)."""
         c = x.shape[-1]
         if c % self.num_groups:
             raise ValueError(f"GroupNorm32 needs channels divisible by {self.num_groups}, got {c}")
         scale = checked_param(self, "scale", nn.initializers.ones, (c,))
         bias = checked_param(self, "bias", nn.initializers.zeros, (c,))
         if scale_shift is not None:
-            s, b = (jnp.asarray(v, jnp.float32) for v in scale_shift)
-            scale, bias = scale * (1 + s), bias * (1 + s) + b
+            scale_shift = tuple(jnp.asarray(v, jnp.float32) for v in scale_shift)
         norm = group_norm_silu if act else group_norm
-        return norm(x.astype(jnp.float32), scale, bias, self.num_groups, self.epsilon).astype(x.dtype)
+        return norm(x.astype(jnp.float32), scale, bias, scale_shift, self.num_groups, self.epsilon).astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def group_norm(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> Array:
+# How the norms are written for XLA:CPU. Its YNNPACK fusions take element-wise work only on
+# arrays of at least 4096 elements; any arithmetic on a per-(sample, channel) array (B, C)
+# becomes a generated kernel of its own, one per channel count and pattern, each costing
+# 10-30 ms of compilation, and a scalar constant that meets an image is stored as an image.
+# So the (B, C) arrays here are parameters and the outputs of the reductions (channel sums
+# and their group means: one YNNPACK reduce + dot each), and everything else (the affine, the
+# scale-shift, the gradient coefficients) is computed at image size, in the pass that reads
+# the image. Small ops left: rsqrt(var + eps) (per pixel it would cost run time) and, before
+# a SiLU, bias / 2 (see ``half``).
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def group_norm(h: Array, scale: Array, bias: Array, shift: tuple[Array, Array] | None, groups: int,
+               eps: float) -> Array:
     """GroupNorm of channels-last ``h`` (B, ..., C) with affine ``scale``, ``bias``, each (C,) or
     per sample (B, C): the mean, then the variance of the centred values (two passes, as torch),
-    per sample and group of C / groups channels.
+    per sample and group of C / groups channels. With ``shift`` = (s, b), each (B, C), the
+    result z becomes z (1 + s) + b (guided-diffusion's scale-shift norm).
 
     Every pass sums over the spatial axes per channel first (contiguous rows in NHWC), then over
     the channels of a group (:func:`_group_mean`): reducing a (B, H, W, G, C/G) view in one go
-    ran 2-4x slower on XLA:CPU. The VJP is written out (:func:`_norm_input_grad`: two reductions
-    and one element-wise pass over the input) and is traced once per call instead of
-    differentiating about twenty primitives."""
-    return _group_norm_fwd(h, scale, bias, groups, eps)[0]
+    ran 2-4x slower on XLA:CPU. The VJP is written out (:func:`_norm_input_grad`) and is traced
+    once per call instead of differentiating about twenty primitives."""
+    return _group_norm_fwd(h, scale, bias, shift, groups, eps)[0]
 
 
-def _group_mean(v: Array, like: Array, groups: int) -> Array:
-    """Per-channel sums ``v`` (B, C) of ``like`` (B, ..., C) -> their group means, (B, 1.., C),
-    as one product with a block-diagonal averaging matrix. Summing a (B, G, C/G) view and
-    repeating the result took five small XLA:CPU kernels per use where this takes one (a norm
-    and its VJP use it four times): the bundled model's forward compiled 40 % faster."""
+def _group_mean(v: Array, like: Array, groups: int, times: float = 1.0) -> Array:
+    """Per-channel sums ``v`` (B, C) of ``like`` (B, ..., C) -> ``times`` their group means,
+    (B, 1.., C), as one product with a block-diagonal averaging matrix. Summing a (B, G, C/G)
+    view and repeating the result took five small XLA:CPU kernels per use where this takes one
+    (a norm and its VJP use it four times): the bundled model's forward compiled 40 % faster."""
     b, c = v.shape
     n = math.prod(like.shape[1:-1]) * (c // groups)
     gid = np.arange(c) // (c // groups)
-    avg = jnp.asarray((gid[:, None] == gid[None, :]) / n, v.dtype)
+    avg = jnp.asarray((gid[:, None] == gid[None, :]) * (times / n), v.dtype)
     g = jnp.dot(v, avg, precision=jax.lax.Precision.HIGHEST)
     return g.reshape((b,) + (1,) * (like.ndim - 2) + (c,))
 
@@ -126,83 +137,96 @@ def _channel_sums(h: Array) -> Array:
 
 
 def _per_sample(v: Array, like: Array) -> Array:
-    """An affine parameter (C,) or (B, C) as (1 or B, 1.., C), to broadcast against ``like``."""
+    """A per-channel array (C,) or (B, C) as (1 or B, 1.., C), to broadcast against ``like``."""
     return v.reshape((-1,) + (1,) * (like.ndim - 2) + (like.shape[-1],))
 
 
-def _group_stats(h: Array, groups: int, eps: float) -> tuple[Array, Array]:
+def _param_grad(v: Array, param: Array, c: float = 1.0) -> Array:
+    """``c`` times per-(sample, channel) sums (B, C), as the gradient of a (C,) or (B, C) array."""
+    v = v.sum(0) if param.ndim == 1 else v
+    return v if c == 1.0 else c * v
+
+
+def _group_stats(h: Array, groups: int, eps: float, half: bool) -> tuple[Array, Array]:
+    """The group mean and rstd = 1 / sqrt(var + eps), or rstd / 2 = 1 / sqrt(4 var + 4 eps) for
+    ``half`` (the 4 is in the averaging matrix: no extra op)."""
+    k = 4.0 if half else 1.0
     mean = _group_mean(_channel_sums(h), h, groups)
-    return mean, jax.lax.rsqrt(_group_mean(_channel_sums(jnp.square(h - mean)), h, groups) + eps)
+    return mean, jax.lax.rsqrt(_group_mean(_channel_sums(jnp.square(h - mean)), h, groups, k) + k * eps)
 
 
-def _affine(h: Array, mean: Array, rstd: Array, scale: Array, bias: Array, factor: float = 1.0) -> Array:
-    """factor (GN(h) scale + bias) as h a + c, with a = factor rstd scale and c = factor bias - mean a
-    per sample and channel (as torch's GroupNorm kernel computes it). Each per-channel array
-    meets the image once: XLA:CPU stored a broadcast shared by two passes as an image."""
-    a = rstd * _per_sample(factor * scale, h)
-    return h * a + (_per_sample(factor * bias, h) - mean * a)
+def _affine(h: Array, mean: Array, rstd: Array, scale: Array, bias: Array,
+            shift: tuple[Array, Array] | None, half: bool) -> Array:
+    """z = GN(h) scale + bias, then z (1 + s) + b for a shift (s, b), one image-sized op at a
+    time; z / 2 for ``half`` (with ``rstd`` from :func:`_group_stats` of the same ``half``)."""
+    c = 0.5 if half else 1.0
+    z = (h - mean) * rstd * _per_sample(scale, h) + _per_sample(c * bias, h)
+    if shift is not None:
+        s, b = shift
+        z = z + z * _per_sample(s, h) + _per_sample(c * b, h)
+    return z
 
 
-def _group_norm_fwd(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> tuple[Array, tuple]:
-    mean, rstd = _group_stats(h, groups, eps)
-    return _affine(h, mean, rstd, scale, bias), (h, mean, rstd, scale, bias)
+def _group_norm_fwd(h: Array, scale: Array, bias: Array, shift: tuple[Array, Array] | None, groups: int,
+                    eps: float, half: bool = False) -> tuple[Array, tuple]:
+    mean, rstd = _group_stats(h, groups, eps, half)
+    return _affine(h, mean, rstd, scale, bias, shift, half), (h, mean, rstd, scale, bias, shift)
 
 
-def _group_norm_bwd(groups: int, eps: float, res: tuple, g: Array) -> tuple[Array, Array, Array]:
-    return _norm_input_grad(groups, res, g, 1.0)
+def _group_norm_bwd(groups: int, eps: float, res: tuple, g: Array) -> tuple:
+    return _norm_input_grad(res, g, groups, half=False)
 
 
-def _norm_input_grad(groups: int, res: tuple, gz: Array, factor: float) -> tuple[Array, Array, Array]:
-    """The VJP of z = GN(h) * scale + bias for dL/dz = ``factor * gz``.
+def _norm_input_grad(res: tuple, g: Array, groups: int, half: bool) -> tuple:
+    """The VJP of the norm (:func:`_affine` and the statistics) for dL/d(z (1 + s) + b) = ``g``,
+    or = ``g`` / 2 for ``half`` (with the residuals of the same ``half``).
 
-    With xhat = (h - mean) rstd and gx = dL/dz scale, dL/dh = rstd (gx - <gx> - xhat <gx xhat>)
-    (<.> a mean over the group), written as gz a + h b + c with coefficients a, b, c per sample
-    and channel. Then every pass over the image reads only h and gz, and no image-sized
-    intermediate is shared between two passes: XLA:CPU would store each such one."""
-    h, mean, rstd, scale, bias = res
-    c = h.shape[-1]
-    sf = factor * scale.reshape(-1, c)  # (1 or B, C)
-    sums = _channel_sums(gz)  # (B, C)
-    sums_d = _channel_sums(gz * (h - mean))
-    m1 = _group_mean(sums * sf, h, groups)  # <gx>
-    m2 = rstd * _group_mean(sums_d * sf, h, groups)  # <gx xhat>
-    b = -rstd * rstd * m2
-    dh = gz * (rstd * _per_sample(sf, h)) + h * b + (-mean * b - rstd * m1)
-    flat = (h.shape[0], c)
-    dscale = factor * rstd.reshape(flat) * sums_d  # sum of dL/dz xhat, (B, C)
-    dbias = factor * sums
-    if scale.ndim == 1:
-        dscale = dscale.sum(0)
-    if bias.ndim == 1:
-        dbias = dbias.sum(0)
-    return dh, dscale, dbias
+    With xhat = (h - mean) rstd and gx = dL/dxhat, dL/dh = rstd (gx - <gx> - xhat <gx xhat>)
+    (<.> a mean over the group). For ``half``, rstd and xhat are halved and the 4 their
+    product lacks is in the averaging matrix. Only the sums are (B, C); every other quantity is
+    recomputed at image size from h and g in the pass that needs it."""
+    h, mean, rstd, scale, bias, shift = res
+    c = 0.5 if half else 1.0
+    xhat = (h - mean) * rstd
+    dshift = None
+    if shift is not None:
+        s, _ = shift
+        z = xhat * _per_sample(scale, h) + _per_sample(c * bias, h)
+        dshift = (_channel_sums(g * z), c * _channel_sums(g))
+        g = g + g * _per_sample(s, h)  # dL/dz
+    gx = g * _per_sample(scale, h)
+    m1 = _group_mean(_channel_sums(gx), h, groups)
+    m2 = _group_mean(_channel_sums(gx * xhat), h, groups, 4.0 if half else 1.0)
+    dh = (gx - m1 - xhat * m2) * rstd
+    return dh, _param_grad(_channel_sums(g * xhat), scale), _param_grad(_channel_sums(g), bias, c), dshift
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def group_norm_silu(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> Array:
-    """``silu(group_norm(h, scale, bias, groups, eps))``, as u + u tanh(u) with u = z / 2 (the
-    same function: sigmoid(z) = (1 + tanh(z / 2)) / 2). Its VJP keeps only ``h`` and the
-    per-group statistics and recomputes the rest, so the forward pass fuses whole into the
-    convolution that reads its output. No scalar constant meets an image-sized array in either
-    pass: XLA:CPU stored each such broadcast constant as an image."""
-    return _group_norm_silu_fwd(h, scale, bias, groups, eps)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def group_norm_silu(h: Array, scale: Array, bias: Array, shift: tuple[Array, Array] | None, groups: int,
+                    eps: float) -> Array:
+    """``silu(group_norm(h, scale, bias, shift, groups, eps))``, as u + u tanh(u) with u = z / 2
+    (the same function: sigmoid(z) = (1 + tanh(z / 2)) / 2; ``jax.nn.sigmoid`` is expanded by
+    XLA:CPU into exp and scalar constants). Its VJP keeps only ``h`` and the per-group
+    statistics and recomputes the rest, so the forward pass fuses whole into the convolution
+    that reads its output."""
+    return _group_norm_silu_fwd(h, scale, bias, shift, groups, eps)[0]
 
 
-def _group_norm_silu_fwd(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> tuple[Array, tuple]:
-    mean, rstd = _group_stats(h, groups, eps)
-    u = _affine(h, mean, rstd, scale, bias, 0.5)
-    return u + u * jnp.tanh(u), (h, mean, rstd, scale, bias)
+def _group_norm_silu_fwd(h: Array, scale: Array, bias: Array, shift: tuple[Array, Array] | None, groups: int,
+                         eps: float) -> tuple[Array, tuple]:
+    u, res = _group_norm_fwd(h, scale, bias, shift, groups, eps, half=True)
+    return u + u * jnp.tanh(u), res
 
 
-def _group_norm_silu_bwd(groups: int, eps: float, res: tuple, g: Array) -> tuple[Array, Array, Array]:
+def _group_norm_silu_bwd(groups: int, eps: float, res: tuple, g: Array) -> tuple:
     # behind a barrier, or XLA merges this recomputation with the forward pass's (CSE) and
     # stores u and tanh(u) after all
     res = jax.lax.optimization_barrier(res)
-    u = _affine(*res, 0.5)
+    u = _affine(*res, half=True)
     t = jnp.tanh(u)
     gu = g * u
     # d silu / dz = (1 + t + u (1 - t^2)) / 2
-    return _norm_input_grad(groups, res, g + g * t + gu - gu * t * t, 0.5)
+    return _norm_input_grad(res, g + g * t + gu - gu * t * t, groups, half=True)
 
 
 group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
