@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from flax import struct
 
 from invdiff import compiler
 from invdiff.model import Model
+from invdiff.nets.conv import PREPARED, prepare_vjp_kernels
 from invdiff.nets.unet import UNet, attention_ds, default_channel_mult, flax_module_to_torch
 from invdiff.noise import NoiseSchedule
 
@@ -215,12 +217,15 @@ def _top_level(module: Any, method_name: str) -> bool:
     return method_name == "__call__" and len(module.scope.path) == 1
 
 
-def _apply_unet(params: Any, x: Array, t: Array, label: Array | None, *, config: ADMConfig,
-                dtype: Any, precision: Any = None, debug: bool = False) -> Any:
+def _apply_unet(params: Any, x: Array, t: Array, label: Array | None, prepared: Any = None, *,
+                config: ADMConfig, dtype: Any, precision: Any = None, debug: bool = False) -> Any:
     """The UNet forward. ``debug=True`` also returns the ``intermediates`` collection with
-    every attention block's weights and every top-level module's output."""
+    every attention block's weights and every top-level module's output. ``prepared``: see
+    :meth:`ADMModel.with_vjp_kernels`."""
     net = config.unet(dtype, precision)
     variables = {"params": params}
+    if prepared is not None:
+        variables[PREPARED] = prepared
     if debug:
         return net.apply(variables, x, t, label, mutable=["intermediates"],
                          capture_intermediates=_top_level)
@@ -228,6 +233,10 @@ def _apply_unet(params: Any, x: Array, t: Array, label: Array | None, *, config:
 
 
 _apply = compiler.jit(_apply_unet, static_argnames=("config", "dtype", "precision", "debug"))
+
+
+#: the last parameter set's VJP kernels: (weak references to its leaves, the prepared tree)
+_VJP_KERNELS: dict[str, tuple[list, Any]] = {}
 
 
 def _dtype_key(dtype: Any) -> Any:
@@ -252,6 +261,29 @@ class ADMModel(Model):
     #: ``config.image_size`` (the network is fully convolutional; attention attends to every
     #: position). Quality away from the trained size is measured in benchmarks/seams.py.
     any_size: bool = struct.field(pytree_node=False, default=False, kw_only=True)
+    #: derived kernels for the network's input gradient (:meth:`with_vjp_kernels`), or None
+    prepared: Any = struct.field(default=None, kw_only=True)
+
+    def with_vjp_kernels(self) -> ADMModel:
+        """This model with every convolution kernel also stored flipped and transposed
+        (:func:`invdiff.nets.conv.prepare_vjp_kernels`), so that a program that differentiates
+        the network with respect to its input does not transpose each kernel itself: on CPU,
+        each transpose is a kernel XLA generates and compiles (DPS's program on the bundled
+        model compiles about 20 % fewer). ``solve`` calls this for solvers with network VJPs
+        (``vjp_per_step``). It holds a second copy of the convolution weights, computed with
+        numpy once per parameter set (the last one is cached). Weights on another platform, or
+        traced, are returned unchanged."""
+        leaves = jax.tree.leaves(self.params)
+        if self.prepared is not None or not leaves or any(
+                not isinstance(a, (np.ndarray, jax.Array)) or isinstance(a, jax.core.Tracer) for a in leaves):
+            return self
+        if any(d.platform != "cpu" for a in leaves if isinstance(a, jax.Array) for d in a.devices()):
+            return self
+        cached = _VJP_KERNELS.get("entry")
+        if cached is None or len(cached[0]) != len(leaves) or any(r() is not a for r, a in zip(cached[0], leaves)):
+            cached = ([weakref.ref(a) for a in leaves], jax.device_put(prepare_vjp_kernels(self.params)))
+            _VJP_KERNELS["entry"] = cached
+        return dataclasses.replace(self, prepared=cached[1])
 
     @classmethod
     def create(cls, config: ADMConfig, params: Any, dtype: Any = jnp.float32,
@@ -298,7 +330,7 @@ class ADMModel(Model):
         self.check_input(tuple(np.shape(x)), label)
         b = np.shape(x)[0]
         t = jnp.broadcast_to(jnp.asarray(t), (b,))
-        return _apply(self.params, x, t, self._labels(label, b), config=self.config,
+        return _apply(self.params, x, t, self._labels(label, b), self.prepared, config=self.config,
                       dtype=self.dtype, precision=self.precision)
 
     def eps(self, x: Array, t: Array, label: Array | None = None) -> Array:
@@ -362,6 +394,16 @@ class ADMModel(Model):
                     f"labels must lie in [0, {n}){null} for this model, got values from "
                     f"{lv.min()} to {lv.max()}"
                 )
+
+
+def _replace(self: ADMModel, **updates: Any) -> ADMModel:
+    """``dataclasses.replace``; new ``params`` drop the kernels derived from the old ones."""
+    if "params" in updates and "prepared" not in updates:
+        updates["prepared"] = None
+    return dataclasses.replace(self, **updates)
+
+
+ADMModel.replace = _replace  # type: ignore[method-assign]  # (flax.struct sets its own replace)
 
 
 def init_params(config: ADMConfig, key: Array) -> Any:

@@ -10,7 +10,9 @@ The cost falls on MCG, PiGDM and DPS. :func:`conv` keeps the forward pass and th
 gradient of ``lax``. It writes the input gradient out as a convolution with an explicitly
 flipped and transposed kernel, which XLA copies into the standard layout in every step (a pass
 over the weights, small next to the convolutions). The values are the same as ``lax``'s; ``tests/test_network.py``
-compares both gradients.
+compares both gradients. ``solve`` passes these kernels in, computed once with numpy
+(:func:`prepare_vjp_kernels`): on CPU each in-program transpose was also a kernel XLA generated
+and compiled, one per weight shape.
 
 Forward + VJP of the bundled emoji64 model at batch 4, inside a 4-step ``lax.scan``, on a 2-core
 CPU (jax 0.10.2, invdiff's XLA options):
@@ -40,26 +42,40 @@ from jax import lax
 Array = jax.Array
 _DN = ("NHWC", "HWIO", "NHWC")
 
+#: the Flax variable collection of :func:`prepare_vjp_kernels`' kernels
+PREPARED = "prepared"
+
 
 def _plain(x: Array, k: Array, strides: tuple[int, int], padding: tuple, precision: Any) -> Array:
     return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=_DN, precision=precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv(x: Array, k: Array, strides: tuple[int, int], padding: tuple, precision: Any = None) -> Array:
-    """NHWC x HWIO convolution with explicit ``padding`` ((lo, hi), (lo, hi)), as ``lax``'s."""
+def conv(x: Array, k: Array, strides: tuple[int, int], padding: tuple, precision: Any = None,
+         kt: Array | None = None) -> Array:
+    """NHWC x HWIO convolution with explicit ``padding`` ((lo, hi), (lo, hi)), as ``lax``'s.
+    ``kt``, if given, must be :func:`flip_kernel` of ``k``: the input gradient then uses it
+    instead of flipping ``k`` inside the program (no gradient flows into ``kt``)."""
     return _plain(x, k, strides, padding, precision)
 
 
-def _conv_fwd(x, k, strides, padding, precision):
-    return _plain(x, k, strides, padding, precision), (x, k)
+def flip_kernel(k: Any) -> Any:
+    """An HWIO kernel flipped in space with its in/out features swapped: the kernel of the
+    input gradient. numpy in, numpy out (no compiled program); jax arrays are traced."""
+    xp = np if isinstance(k, np.ndarray) else jnp
+    return xp.swapaxes(k[::-1, ::-1], 2, 3)
+
+
+def _conv_fwd(x, k, strides, padding, precision, kt):
+    return _plain(x, k, strides, padding, precision), (x, k, kt)
 
 
 def _conv_bwd(strides, padding, precision, res, g):
-    x, k = res
+    x, k, kt = res
     # input gradient: a stride-1 convolution of g, dilated by the stride, with the kernel
     # flipped in space and its in/out features swapped (see the module docstring)
-    kt = jnp.swapaxes(k[::-1, ::-1], 2, 3)
+    if kt is None:
+        kt = flip_kernel(k)
     pads = []
     for (lo, hi), s, n, kk, m in zip(padding, strides, x.shape[1:3], k.shape[:2], g.shape[1:3]):
         extra = n + lo + hi - kk - (m - 1) * s  # input rows the forward pass never reached
@@ -72,7 +88,7 @@ def _conv_bwd(strides, padding, precision, res, g):
              for (lo, _), s, n, kk, m in zip(padding, strides, x.shape[1:3], k.shape[:2], g.shape[1:3])]
     dk = lax.conv_general_dilated(x, g.astype(x.dtype), (1, 1), kpads, rhs_dilation=strides,
                                   dimension_numbers=("CHWN", "IHWO", "HWNC"), precision=precision)
-    return dx.astype(x.dtype), dk.astype(k.dtype)
+    return dx.astype(x.dtype), dk.astype(k.dtype), None
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
@@ -143,4 +159,29 @@ class Conv2d(nn.Module):
                                  f"stride {self.strides}")
             return up2_conv3(x, k, self.precision) + b
         p = self.kernel // 2
-        return conv(x, k, (self.strides, self.strides), ((p, p), (p, p)), self.precision) + b
+        kt = None
+        if self.has_variable(PREPARED, "kernel_t"):  # see prepare_vjp_kernels
+            kt = self.get_variable(PREPARED, "kernel_t").astype(dtype)
+        return conv(x, k, (self.strides, self.strides), ((p, p), (p, p)), self.precision, kt) + b
+
+
+def prepare_vjp_kernels(params: Any) -> dict:
+    """For every convolution kernel (a 4-D ``kernel`` leaf) in a Flax parameter tree, its
+    :func:`flip_kernel` as ``kernel_t``, computed with numpy: a tree for the :data:`PREPARED`
+    collection. Given to the network, the convolutions' input gradients read these instead of
+    flipping and transposing each kernel inside the compiled program. On XLA:CPU each such
+    transpose was a generated kernel of its own (one per weight shape: 36 of the 185 of DPS's
+    program on the bundled model). Costs one more copy of the convolution weights.
+
+    Only for fixed weights (sampling): after any change to ``params`` the tree is stale and
+    gives wrong input gradients; the up-sampling convolutions ignore theirs."""
+    out: dict = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        keys = [getattr(p, "key", None) for p in path]
+        if keys[-1] != "kernel" or np.ndim(leaf) != 4:
+            continue
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node["kernel_t"] = np.ascontiguousarray(flip_kernel(np.asarray(leaf)))
+    return out

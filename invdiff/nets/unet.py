@@ -24,8 +24,9 @@ equal to the original's to about 1e-6 relative, ``tests/test_network.py``):
 
 * a norm followed by SiLU is one :func:`group_norm_silu` (the SiLU in float32, where the
   original's fp16 mode runs it in fp16), and the scale-shift norm's ``(1 + scale)`` and
-  ``shift`` are folded into the norm's affine; both have written-out VJPs that store only
-  the norm's input;
+  ``shift`` are part of the norm; both have written-out VJPs that store only the norm's input
+  and do no arithmetic on per-(sample, channel) arrays but one rsqrt (see the note above
+  :func:`group_norm`);
 * nearest-neighbour x2 upsampling followed by a 3x3 conv is one 2x2 conv of the small image
   (:func:`invdiff.nets.conv.up2_conv3`);
 * the attention softmax has a written-out VJP.
