@@ -560,8 +560,8 @@ def solve(
         label = jnp.asarray(label)
     model = solver.wrap_model(model, (batch,) + x_shape, devices)
     model.check_input((batch,) + x_shape, label)
-    if solver.vjp_per_step and hasattr(model, "with_vjp_kernels"):
-        model = model.with_vjp_kernels()  # the input gradient's kernels, computed once on the host
+    if hasattr(model, "with_prepared"):  # parameter-only quantities, computed once on the host
+        model = model.with_prepared(vjp=solver.vjp_per_step > 0)
     if clip_x0 is None or clip_x0 is True:
         x0_range = getattr(model, "data_range", None)
         if clip_x0 is True and x0_range is None:

@@ -24,8 +24,8 @@ from flax import struct
 
 from invdiff import compiler
 from invdiff.model import Model
-from invdiff.nets.conv import PREPARED, prepare_vjp_kernels
-from invdiff.nets.unet import UNet, attention_ds, default_channel_mult, flax_module_to_torch
+from invdiff.nets.conv import PREPARED
+from invdiff.nets.unet import UNet, attention_ds, default_channel_mult, flax_module_to_torch, prepare_params
 from invdiff.noise import NoiseSchedule
 
 Array = jax.Array
@@ -221,7 +221,7 @@ def _apply_unet(params: Any, x: Array, t: Array, label: Array | None, prepared: 
                 config: ADMConfig, dtype: Any, precision: Any = None, debug: bool = False) -> Any:
     """The UNet forward. ``debug=True`` also returns the ``intermediates`` collection with
     every attention block's weights and every top-level module's output. ``prepared``: see
-    :meth:`ADMModel.with_vjp_kernels`."""
+    :meth:`ADMModel.with_prepared`."""
     net = config.unet(dtype, precision)
     variables = {"params": params}
     if prepared is not None:
@@ -235,8 +235,16 @@ def _apply_unet(params: Any, x: Array, t: Array, label: Array | None, prepared: 
 _apply = compiler.jit(_apply_unet, static_argnames=("config", "dtype", "precision", "debug"))
 
 
-#: the last parameter set's VJP kernels: (weak references to its leaves, the prepared tree)
-_VJP_KERNELS: dict[str, tuple[list, Any]] = {}
+#: vjp -> (weak references to the last parameter set's leaves, its prepare_params tree)
+_PREPARED: dict[bool, tuple[list, Any]] = {}
+
+
+def _same_leaves(refs: list, leaves: list) -> bool:
+    return len(refs) == len(leaves) and all(r() is a for r, a in zip(refs, leaves))
+
+
+def _has_kernel_t(tree: Any) -> bool:
+    return any(getattr(p[-1], "key", None) == "kernel_t" for p, _ in jax.tree_util.tree_leaves_with_path(tree))
 
 
 def _dtype_key(dtype: Any) -> Any:
@@ -261,29 +269,31 @@ class ADMModel(Model):
     #: ``config.image_size`` (the network is fully convolutional; attention attends to every
     #: position). Quality away from the trained size is measured in benchmarks/seams.py.
     any_size: bool = struct.field(pytree_node=False, default=False, kw_only=True)
-    #: derived kernels for the network's input gradient (:meth:`with_vjp_kernels`), or None
+    #: parameter-only quantities computed once on the host (:meth:`with_prepared`), or None
     prepared: Any = struct.field(default=None, kw_only=True)
 
-    def with_vjp_kernels(self) -> ADMModel:
-        """This model with every convolution kernel also stored flipped and transposed
-        (:func:`invdiff.nets.conv.prepare_vjp_kernels`), so that a program that differentiates
-        the network with respect to its input does not transpose each kernel itself: on CPU,
-        each transpose is a kernel XLA generates and compiles (DPS's program on the bundled
-        model compiles about 20 % fewer). ``solve`` calls this for solvers with network VJPs
-        (``vjp_per_step``). It holds a second copy of the convolution weights, computed with
-        numpy once per parameter set (the last one is cached). Weights on another platform, or
-        traced, are returned unchanged."""
+    def with_prepared(self, *, vjp: bool = False) -> ADMModel:
+        """This model with :func:`invdiff.nets.unet.prepare_params` of its weights attached:
+        quantities the network derives from its parameters alone, computed once with numpy
+        instead of inside every compiled program (on CPU each was a kernel XLA generated and
+        compiled). ``vjp=True`` adds every convolution kernel flipped and transposed for the
+        input gradient, a second copy of the convolution weights (``solve`` asks for it for
+        solvers with network VJPs, ``vjp_per_step``). The same values bit for bit; computed
+        once per parameter set (the last one is cached). Weights on another platform than the
+        CPU, or traced, are returned unchanged; new ``params`` (``replace``) drop it."""
         leaves = jax.tree.leaves(self.params)
-        if self.prepared is not None or not leaves or any(
-                not isinstance(a, (np.ndarray, jax.Array)) or isinstance(a, jax.core.Tracer) for a in leaves):
+        if self.prepared is not None and (not vjp or _has_kernel_t(self.prepared)):
+            return self
+        if not leaves or any(not isinstance(a, (np.ndarray, jax.Array)) or isinstance(a, jax.core.Tracer)
+                             for a in leaves):
             return self
         if any(d.platform != "cpu" for a in leaves if isinstance(a, jax.Array) for d in a.devices()):
             return self
-        cached = _VJP_KERNELS.get("entry")
-        if cached is None or len(cached[0]) != len(leaves) or any(r() is not a for r, a in zip(cached[0], leaves)):
-            cached = ([weakref.ref(a) for a in leaves], jax.device_put(prepare_vjp_kernels(self.params)))
-            _VJP_KERNELS["entry"] = cached
-        return dataclasses.replace(self, prepared=cached[1])
+        for key in [k for k, (refs, _) in _PREPARED.items() if not _same_leaves(refs, leaves)]:
+            del _PREPARED[key]  # one parameter set at a time
+        if vjp not in _PREPARED:
+            _PREPARED[vjp] = ([weakref.ref(a) for a in leaves], jax.device_put(prepare_params(self.params, vjp=vjp)))
+        return dataclasses.replace(self, prepared=_PREPARED[vjp][1])
 
     @classmethod
     def create(cls, config: ADMConfig, params: Any, dtype: Any = jnp.float32,

@@ -11,7 +11,7 @@ gradient of ``lax``. It writes the input gradient out as a convolution with an e
 flipped and transposed kernel, which XLA copies into the standard layout in every step (a pass
 over the weights, small next to the convolutions). The values are the same as ``lax``'s; ``tests/test_network.py``
 compares both gradients. ``solve`` passes these kernels in, computed once with numpy
-(:func:`prepare_vjp_kernels`): on CPU each in-program transpose was also a kernel XLA generated
+(:func:`invdiff.nets.unet.prepare_params`): on CPU each in-program transpose was also a kernel XLA generated
 and compiled, one per weight shape.
 
 Forward + VJP of the bundled emoji64 model at batch 4, inside a 4-step ``lax.scan``, on a 2-core
@@ -42,7 +42,7 @@ from jax import lax
 Array = jax.Array
 _DN = ("NHWC", "HWIO", "NHWC")
 
-#: the Flax variable collection of :func:`prepare_vjp_kernels`' kernels
+#: the Flax variable collection of :func:`invdiff.nets.unet.prepare_params`
 PREPARED = "prepared"
 
 
@@ -160,28 +160,7 @@ class Conv2d(nn.Module):
             return up2_conv3(x, k, self.precision) + b
         p = self.kernel // 2
         kt = None
-        if self.has_variable(PREPARED, "kernel_t"):  # see prepare_vjp_kernels
+        if self.has_variable(PREPARED, "kernel_t"):  # see unet.prepare_params
             kt = self.get_variable(PREPARED, "kernel_t").astype(dtype)
         return conv(x, k, (self.strides, self.strides), ((p, p), (p, p)), self.precision, kt) + b
 
-
-def prepare_vjp_kernels(params: Any) -> dict:
-    """For every convolution kernel (a 4-D ``kernel`` leaf) in a Flax parameter tree, its
-    :func:`flip_kernel` as ``kernel_t``, computed with numpy: a tree for the :data:`PREPARED`
-    collection. Given to the network, the convolutions' input gradients read these instead of
-    flipping and transposing each kernel inside the compiled program. On XLA:CPU each such
-    transpose was a generated kernel of its own (one per weight shape: 36 of the 185 of DPS's
-    program on the bundled model). Costs one more copy of the convolution weights.
-
-    Only for fixed weights (sampling): after any change to ``params`` the tree is stale and
-    gives wrong input gradients; the up-sampling convolutions ignore theirs."""
-    out: dict = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        keys = [getattr(p, "key", None) for p in path]
-        if keys[-1] != "kernel" or np.ndim(leaf) != 4:
-            continue
-        node = out
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node["kernel_t"] = np.ascontiguousarray(flip_kernel(np.asarray(leaf)))
-    return out

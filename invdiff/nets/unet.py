@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invdiff.nets.conv import Conv2d, checked_param
+from invdiff.nets.conv import PREPARED, Conv2d, checked_param, flip_kernel
 
 Array = jax.Array
 Dtype = Any
@@ -90,8 +90,11 @@ class GroupNorm32(nn.Module):
         bias = checked_param(self, "bias", nn.initializers.zeros, (c,))
         if scale_shift is not None:
             scale_shift = tuple(jnp.asarray(v, jnp.float32) for v in scale_shift)
-        norm = group_norm_silu if act else group_norm
-        return norm(x.astype(jnp.float32), scale, bias, scale_shift, self.num_groups, self.epsilon).astype(x.dtype)
+        h = x.astype(jnp.float32)
+        if not act:
+            return group_norm(h, scale, bias, scale_shift, self.num_groups, self.epsilon).astype(x.dtype)
+        half = self.get_variable(PREPARED, "bias_half") if self.has_variable(PREPARED, "bias_half") else None
+        return group_norm_silu(h, scale, bias, scale_shift, self.num_groups, self.epsilon, half).astype(x.dtype)
 
 
 # How the norms are written for XLA:CPU. Its YNNPACK fusions take element-wise work only on
@@ -122,15 +125,14 @@ def group_norm(h: Array, scale: Array, bias: Array, shift: tuple[Array, Array] |
 
 def _group_mean(v: Array, like: Array, groups: int, times: float = 1.0) -> Array:
     """Per-channel sums ``v`` (B, C) of ``like`` (B, ..., C) -> ``times`` their group means,
-    (B, 1.., C), as one product with a block-diagonal averaging matrix. Summing a (B, G, C/G)
+    (B, C), as one product with a block-diagonal averaging matrix. Summing a (B, G, C/G)
     view and repeating the result took five small XLA:CPU kernels per use where this takes one
     (a norm and its VJP use it four times): the bundled model's forward compiled 40 % faster."""
     b, c = v.shape
     n = math.prod(like.shape[1:-1]) * (c // groups)
     gid = np.arange(c) // (c // groups)
     avg = jnp.asarray((gid[:, None] == gid[None, :]) * (times / n), v.dtype)
-    g = jnp.dot(v, avg, precision=jax.lax.Precision.HIGHEST)
-    return g.reshape((b,) + (1,) * (like.ndim - 2) + (c,))
+    return jnp.dot(v, avg, precision=jax.lax.Precision.HIGHEST)
 
 
 def _channel_sums(h: Array) -> Array:
@@ -150,18 +152,28 @@ def _param_grad(v: Array, param: Array, c: float = 1.0) -> Array:
 
 def _group_stats(h: Array, groups: int, eps: float, half: bool) -> tuple[Array, Array]:
     """The group mean and rstd = 1 / sqrt(var + eps), or rstd / 2 = 1 / sqrt(4 var + 4 eps) for
-    ``half`` (the 4 is in the averaging matrix: no extra op)."""
+    ``half`` (the 4 is in the averaging matrix: no extra op); each (B, C). Kept 2-D: as
+    (B, 1, 1, C) XLA:CPU gave rstd another layout and copied it, a kernel per channel count."""
     k = 4.0 if half else 1.0
     mean = _group_mean(_channel_sums(h), h, groups)
-    return mean, jax.lax.rsqrt(_group_mean(_channel_sums(jnp.square(h - mean)), h, groups, k) + k * eps)
+    var = _group_mean(_channel_sums(jnp.square(h - _per_sample(mean, h))), h, groups, k)
+    return mean, jax.lax.rsqrt(var + k * eps)
+
+
+def _half_bias(bias: Array, bias_half: Array | None, half: bool) -> Array:
+    """``bias`` / 2 for ``half`` (``bias_half`` if given: see :func:`prepare_params`)."""
+    if not half:
+        return bias
+    return 0.5 * bias if bias_half is None else bias_half
 
 
 def _affine(h: Array, mean: Array, rstd: Array, scale: Array, bias: Array,
-            shift: tuple[Array, Array] | None, half: bool) -> Array:
+            shift: tuple[Array, Array] | None, bias_half: Array | None, half: bool) -> Array:
     """z = GN(h) scale + bias, then z (1 + s) + b for a shift (s, b), one image-sized op at a
     time; z / 2 for ``half`` (with ``rstd`` from :func:`_group_stats` of the same ``half``)."""
     c = 0.5 if half else 1.0
-    z = (h - mean) * rstd * _per_sample(scale, h) + _per_sample(c * bias, h)
+    z = (h - _per_sample(mean, h)) * _per_sample(rstd, h) * _per_sample(scale, h) + _per_sample(
+        _half_bias(bias, bias_half, half), h)
     if shift is not None:
         s, b = shift
         z = z + z * _per_sample(s, h) + _per_sample(c * b, h)
@@ -169,9 +181,10 @@ def _affine(h: Array, mean: Array, rstd: Array, scale: Array, bias: Array,
 
 
 def _group_norm_fwd(h: Array, scale: Array, bias: Array, shift: tuple[Array, Array] | None, groups: int,
-                    eps: float, half: bool = False) -> tuple[Array, tuple]:
+                    eps: float, bias_half: Array | None = None, half: bool = False) -> tuple[Array, tuple]:
     mean, rstd = _group_stats(h, groups, eps, half)
-    return _affine(h, mean, rstd, scale, bias, shift, half), (h, mean, rstd, scale, bias, shift)
+    res = (h, mean, rstd, scale, bias, shift, bias_half)
+    return _affine(*res, half=half), res
 
 
 def _group_norm_bwd(groups: int, eps: float, res: tuple, g: Array) -> tuple:
@@ -186,36 +199,37 @@ def _norm_input_grad(res: tuple, g: Array, groups: int, half: bool) -> tuple:
     (<.> a mean over the group). For ``half``, rstd and xhat are halved and the 4 their
     product lacks is in the averaging matrix. Only the sums are (B, C); every other quantity is
     recomputed at image size from h and g in the pass that needs it."""
-    h, mean, rstd, scale, bias, shift = res
+    h, mean, rstd, scale, bias, shift, bias_half = res
     c = 0.5 if half else 1.0
-    xhat = (h - mean) * rstd
+    xhat = (h - _per_sample(mean, h)) * _per_sample(rstd, h)
     dshift = None
     if shift is not None:
         s, _ = shift
-        z = xhat * _per_sample(scale, h) + _per_sample(c * bias, h)
+        z = xhat * _per_sample(scale, h) + _per_sample(_half_bias(bias, bias_half, half), h)
         dshift = (_channel_sums(g * z), c * _channel_sums(g))
         g = g + g * _per_sample(s, h)  # dL/dz
     gx = g * _per_sample(scale, h)
-    m1 = _group_mean(_channel_sums(gx), h, groups)
-    m2 = _group_mean(_channel_sums(gx * xhat), h, groups, 4.0 if half else 1.0)
-    dh = (gx - m1 - xhat * m2) * rstd
+    m1 = _per_sample(_group_mean(_channel_sums(gx), h, groups), h)
+    m2 = _per_sample(_group_mean(_channel_sums(gx * xhat), h, groups, 4.0 if half else 1.0), h)
+    dh = (gx - m1 - xhat * m2) * _per_sample(rstd, h)
     return dh, _param_grad(_channel_sums(g * xhat), scale), _param_grad(_channel_sums(g), bias, c), dshift
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def group_norm_silu(h: Array, scale: Array, bias: Array, shift: tuple[Array, Array] | None, groups: int,
-                    eps: float) -> Array:
+                    eps: float, bias_half: Array | None = None) -> Array:
     """``silu(group_norm(h, scale, bias, shift, groups, eps))``, as u + u tanh(u) with u = z / 2
     (the same function: sigmoid(z) = (1 + tanh(z / 2)) / 2; ``jax.nn.sigmoid`` is expanded by
     XLA:CPU into exp and scalar constants). Its VJP keeps only ``h`` and the per-group
     statistics and recomputes the rest, so the forward pass fuses whole into the convolution
-    that reads its output."""
-    return _group_norm_silu_fwd(h, scale, bias, shift, groups, eps)[0]
+    that reads its output. ``bias_half``, if given, must be ``bias / 2`` (:func:`prepare_params`;
+    no gradient flows into it)."""
+    return _group_norm_silu_fwd(h, scale, bias, shift, groups, eps, bias_half)[0]
 
 
 def _group_norm_silu_fwd(h: Array, scale: Array, bias: Array, shift: tuple[Array, Array] | None, groups: int,
-                         eps: float) -> tuple[Array, tuple]:
-    u, res = _group_norm_fwd(h, scale, bias, shift, groups, eps, half=True)
+                         eps: float, bias_half: Array | None) -> tuple[Array, tuple]:
+    u, res = _group_norm_fwd(h, scale, bias, shift, groups, eps, bias_half, half=True)
     return u + u * jnp.tanh(u), res
 
 
@@ -227,11 +241,47 @@ def _group_norm_silu_bwd(groups: int, eps: float, res: tuple, g: Array) -> tuple
     t = jnp.tanh(u)
     gu = g * u
     # d silu / dz = (1 + t + u (1 - t^2)) / 2
-    return _norm_input_grad(res, g + g * t + gu - gu * t * t, groups, half=True)
+    return _norm_input_grad(res, g + g * t + gu - gu * t * t, groups, half=True) + (None,)
 
 
 group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 group_norm_silu.defvjp(_group_norm_silu_fwd, _group_norm_silu_bwd)
+
+
+def prepare_params(params: Any, *, vjp: bool = False) -> dict:
+    """Quantities the UNet derives from its parameters alone, computed once with numpy, as a
+    tree for the :data:`~invdiff.nets.conv.PREPARED` variable collection (the same values, bit
+    for bit, as the network computes without them):
+
+    * ``bias_half``: each norm's bias / 2 (a norm before a SiLU computes z / 2);
+    * with ``vjp``, ``kernel_t``: each convolution kernel flipped and transposed
+      (:func:`~invdiff.nets.conv.flip_kernel`), the kernel of its input gradient. This is a
+      second copy of the convolution weights.
+
+    Inside a compiled program, each of these would be a small computation of its own, and on
+    XLA:CPU a generated kernel to compile (one per shape: DPS's program on the bundled model
+    compiled 185 kernels without them, 140 with them and the 2-D norm statistics). For fixed
+    weights only: after any change to ``params`` the tree is stale (``ADMModel`` drops it)."""
+    out: dict = {}
+
+    def visit(node: Any, path: tuple[str, ...]) -> None:
+        if not isinstance(node, Mapping):
+            return
+        derived = {}
+        if "scale" in node and np.ndim(node.get("bias")) == 1:
+            derived["bias_half"] = np.asarray(node["bias"]) * np.float32(0.5)
+        elif vjp and np.ndim(node.get("kernel")) == 4:
+            derived["kernel_t"] = np.ascontiguousarray(flip_kernel(np.asarray(node["kernel"])))
+        if derived:
+            leaf = out
+            for key in path:
+                leaf = leaf.setdefault(key, {})
+            leaf.update(derived)
+        for key, child in node.items():
+            visit(child, path + (key,))
+
+    visit(params, ())
+    return out
 
 
 def silu(x: Array) -> Array:
