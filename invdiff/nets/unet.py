@@ -24,9 +24,9 @@ equal to the original's to about 1e-6 relative, ``tests/test_network.py``):
 
 * a norm followed by SiLU is one :func:`group_norm_silu` (the SiLU in float32, where the
   original's fp16 mode runs it in fp16), and the scale-shift norm's ``(1 + scale)`` and
-  ``shift`` are part of the norm; both have written-out VJPs that store only the norm's input
-  and do no arithmetic on per-(sample, channel) arrays but one rsqrt (see the note above
-  :func:`group_norm`);
+  ``shift`` fold into the norm's per-sample affine; both have written-out VJPs that store only
+  the norm's input and do little arithmetic on per-(sample, channel) arrays (see the note
+  above :func:`group_norm`);
 * nearest-neighbour x2 upsampling followed by a 3x3 conv is one 2x2 conv of the small image
   (:func:`invdiff.nets.conv.up2_conv3`);
 * the attention softmax has a written-out VJP.
@@ -88,13 +88,19 @@ class GroupNorm32(nn.Module):
             raise ValueError(f"GroupNorm32 needs channels divisible by {self.num_groups}, got {c}")
         scale = checked_param(self, "scale", nn.initializers.ones, (c,))
         bias = checked_param(self, "bias", nn.initializers.zeros, (c,))
-        if scale_shift is not None:
-            scale_shift = tuple(jnp.asarray(v, jnp.float32) for v in scale_shift)
         h = x.astype(jnp.float32)
+        half = None
+        if act and self.has_variable(PREPARED, "bias_half"):
+            half = self.get_variable(PREPARED, "bias_half")
+        if scale_shift is not None:
+            # (GN(h) scale + bias)(1 + s) + b as a per-sample affine: two small ops (one XLA:CPU
+            # kernel with the slices of the embedding projection they read) that save four
+            # operations per pixel in the forward pass and more in the VJP
+            s, b = (jnp.asarray(v, jnp.float32) for v in scale_shift)
+            scale, bias, half = scale * (1 + s), bias * (1 + s) + b, None
         if not act:
-            return group_norm(h, scale, bias, scale_shift, self.num_groups, self.epsilon).astype(x.dtype)
-        half = self.get_variable(PREPARED, "bias_half") if self.has_variable(PREPARED, "bias_half") else None
-        return group_norm_silu(h, scale, bias, scale_shift, self.num_groups, self.epsilon, half).astype(x.dtype)
+            return group_norm(h, scale, bias, self.num_groups, self.epsilon).astype(x.dtype)
+        return group_norm_silu(h, scale, bias, self.num_groups, self.epsilon, half).astype(x.dtype)
 
 
 # How the norms are written for XLA:CPU. Its YNNPACK fusions take element-wise work only on
@@ -102,25 +108,24 @@ class GroupNorm32(nn.Module):
 # becomes a generated kernel of its own, one per channel count and pattern, each costing
 # 10-30 ms of compilation, and a scalar constant that meets an image is stored as an image.
 # So the (B, C) arrays here are parameters and the outputs of the reductions (channel sums
-# and their group means: one YNNPACK reduce + dot each), and everything else (the affine, the
-# scale-shift, the gradient coefficients) is computed at image size, in the pass that reads
-# the image. Small ops left: rsqrt(var + eps) (per pixel it would cost run time) and, before
-# a SiLU, bias / 2 (see ``half``).
+# and their group means: one YNNPACK reduce + dot each), and everything else (the affine and
+# the gradient coefficients) is computed at image size, in the pass that reads the image.
+# Small ops left: rsqrt(var + eps) (per pixel it would cost run time), a ResBlock's
+# scale-shift folded into the affine (GroupNorm32: per pixel it cost ~20 % more in the VJP)
+# and, before a SiLU, bias / 2 (``half``; prepare_params computes it once).
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def group_norm(h: Array, scale: Array, bias: Array, shift: tuple[Array, Array] | None, groups: int,
-               eps: float) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm(h: Array, scale: Array, bias: Array, groups: int, eps: float) -> Array:
     """GroupNorm of channels-last ``h`` (B, ..., C) with affine ``scale``, ``bias``, each (C,) or
     per sample (B, C): the mean, then the variance of the centred values (two passes, as torch),
-    per sample and group of C / groups channels. With ``shift`` = (s, b), each (B, C), the
-    result z becomes z (1 + s) + b (guided-diffusion's scale-shift norm).
+    per sample and group of C / groups channels.
 
     Every pass sums over the spatial axes per channel first (contiguous rows in NHWC), then over
     the channels of a group (:func:`_group_mean`): reducing a (B, H, W, G, C/G) view in one go
     ran 2-4x slower on XLA:CPU. The VJP is written out (:func:`_norm_input_grad`) and is traced
     once per call instead of differentiating about twenty primitives."""
-    return _group_norm_fwd(h, scale, bias, shift, groups, eps)[0]
+    return _group_norm_fwd(h, scale, bias, groups, eps)[0]
 
 
 def _group_mean(v: Array, like: Array, groups: int, times: float = 1.0) -> Array:
@@ -167,23 +172,18 @@ def _half_bias(bias: Array, bias_half: Array | None, half: bool) -> Array:
     return 0.5 * bias if bias_half is None else bias_half
 
 
-def _affine(h: Array, mean: Array, rstd: Array, scale: Array, bias: Array,
-            shift: tuple[Array, Array] | None, bias_half: Array | None, half: bool) -> Array:
-    """z = GN(h) scale + bias, then z (1 + s) + b for a shift (s, b), one image-sized op at a
-    time; z / 2 for ``half`` (with ``rstd`` from :func:`_group_stats` of the same ``half``)."""
-    c = 0.5 if half else 1.0
-    z = (h - _per_sample(mean, h)) * _per_sample(rstd, h) * _per_sample(scale, h) + _per_sample(
+def _affine(h: Array, mean: Array, rstd: Array, scale: Array, bias: Array, bias_half: Array | None,
+            half: bool) -> Array:
+    """GN(h) scale + bias, one image-sized op at a time; / 2 for ``half`` (with ``rstd`` from
+    :func:`_group_stats` of the same ``half``)."""
+    return (h - _per_sample(mean, h)) * _per_sample(rstd, h) * _per_sample(scale, h) + _per_sample(
         _half_bias(bias, bias_half, half), h)
-    if shift is not None:
-        s, b = shift
-        z = z + z * _per_sample(s, h) + _per_sample(c * b, h)
-    return z
 
 
-def _group_norm_fwd(h: Array, scale: Array, bias: Array, shift: tuple[Array, Array] | None, groups: int,
-                    eps: float, bias_half: Array | None = None, half: bool = False) -> tuple[Array, tuple]:
+def _group_norm_fwd(h: Array, scale: Array, bias: Array, groups: int, eps: float, bias_half: Array | None = None,
+                    half: bool = False) -> tuple[Array, tuple]:
     mean, rstd = _group_stats(h, groups, eps, half)
-    res = (h, mean, rstd, scale, bias, shift, bias_half)
+    res = (h, mean, rstd, scale, bias, bias_half)
     return _affine(*res, half=half), res
 
 
@@ -192,44 +192,37 @@ def _group_norm_bwd(groups: int, eps: float, res: tuple, g: Array) -> tuple:
 
 
 def _norm_input_grad(res: tuple, g: Array, groups: int, half: bool) -> tuple:
-    """The VJP of the norm (:func:`_affine` and the statistics) for dL/d(z (1 + s) + b) = ``g``,
-    or = ``g`` / 2 for ``half`` (with the residuals of the same ``half``).
+    """The VJP of the norm (:func:`_affine` and the statistics) for dL/d(GN(h) scale + bias) =
+    ``g``, or = ``g`` / 2 for ``half`` (with the residuals of the same ``half``).
 
     With xhat = (h - mean) rstd and gx = dL/dxhat, dL/dh = rstd (gx - <gx> - xhat <gx xhat>)
     (<.> a mean over the group). For ``half``, rstd and xhat are halved and the 4 their
     product lacks is in the averaging matrix. Only the sums are (B, C); every other quantity is
     recomputed at image size from h and g in the pass that needs it."""
-    h, mean, rstd, scale, bias, shift, bias_half = res
-    c = 0.5 if half else 1.0
+    h, mean, rstd, scale, bias, _ = res
     xhat = (h - _per_sample(mean, h)) * _per_sample(rstd, h)
-    dshift = None
-    if shift is not None:
-        s, _ = shift
-        z = xhat * _per_sample(scale, h) + _per_sample(_half_bias(bias, bias_half, half), h)
-        dshift = (_channel_sums(g * z), c * _channel_sums(g))
-        g = g + g * _per_sample(s, h)  # dL/dz
     gx = g * _per_sample(scale, h)
     m1 = _per_sample(_group_mean(_channel_sums(gx), h, groups), h)
     m2 = _per_sample(_group_mean(_channel_sums(gx * xhat), h, groups, 4.0 if half else 1.0), h)
     dh = (gx - m1 - xhat * m2) * _per_sample(rstd, h)
-    return dh, _param_grad(_channel_sums(g * xhat), scale), _param_grad(_channel_sums(g), bias, c), dshift
+    return dh, _param_grad(_channel_sums(g * xhat), scale), _param_grad(_channel_sums(g), bias, 0.5 if half else 1.0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def group_norm_silu(h: Array, scale: Array, bias: Array, shift: tuple[Array, Array] | None, groups: int,
-                    eps: float, bias_half: Array | None = None) -> Array:
-    """``silu(group_norm(h, scale, bias, shift, groups, eps))``, as u + u tanh(u) with u = z / 2
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm_silu(h: Array, scale: Array, bias: Array, groups: int, eps: float,
+                    bias_half: Array | None = None) -> Array:
+    """``silu(group_norm(h, scale, bias, groups, eps))``, as u + u tanh(u) with u = z / 2
     (the same function: sigmoid(z) = (1 + tanh(z / 2)) / 2; ``jax.nn.sigmoid`` is expanded by
     XLA:CPU into exp and scalar constants). Its VJP keeps only ``h`` and the per-group
     statistics and recomputes the rest, so the forward pass fuses whole into the convolution
     that reads its output. ``bias_half``, if given, must be ``bias / 2`` (:func:`prepare_params`;
     no gradient flows into it)."""
-    return _group_norm_silu_fwd(h, scale, bias, shift, groups, eps, bias_half)[0]
+    return _group_norm_silu_fwd(h, scale, bias, groups, eps, bias_half)[0]
 
 
-def _group_norm_silu_fwd(h: Array, scale: Array, bias: Array, shift: tuple[Array, Array] | None, groups: int,
-                         eps: float, bias_half: Array | None) -> tuple[Array, tuple]:
-    u, res = _group_norm_fwd(h, scale, bias, shift, groups, eps, bias_half, half=True)
+def _group_norm_silu_fwd(h: Array, scale: Array, bias: Array, groups: int, eps: float,
+                         bias_half: Array | None) -> tuple[Array, tuple]:
+    u, res = _group_norm_fwd(h, scale, bias, groups, eps, bias_half, half=True)
     return u + u * jnp.tanh(u), res
 
 
@@ -259,8 +252,8 @@ def prepare_params(params: Any, *, vjp: bool = False) -> dict:
       second copy of the convolution weights.
 
     Inside a compiled program, each of these would be a small computation of its own, and on
-    XLA:CPU a generated kernel to compile (one per shape: DPS's program on the bundled model
-    compiled 185 kernels without them, 140 with them and the 2-D norm statistics). For fixed
+    XLA:CPU a generated kernel to compile, one per shape (DPS's program on the bundled model:
+    157 kernels with ``kernel_t`` only, 131 with both and 2-D norm statistics). For fixed
     weights only: after any change to ``params`` the tree is stale (``ADMModel`` drops it)."""
     out: dict = {}
 
