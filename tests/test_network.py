@@ -7,6 +7,7 @@ README. Tests that need them skip with a reason when they are absent.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
@@ -474,6 +475,11 @@ def test_prepared_params_give_the_same_bits_and_never_go_stale():
     other = prepared.replace(params=jax.tree.map(lambda a: a * 1.01, model.params))
     assert other.prepared is None
     np.testing.assert_array_equal(grad(other.with_prepared(vjp=True), x), grad(other, x))
+    from invdiff.nets import adm
+
+    del model, fwd_only, prepared, other
+    gc.collect()
+    assert not adm._PREPARED  # dropped with the weights they were derived from
 
 
 @needs_fixtures

@@ -239,6 +239,11 @@ _apply = compiler.jit(_apply_unet, static_argnames=("config", "dtype", "precisio
 _PREPARED: dict[bool, tuple[list, Any]] = {}
 
 
+def _forget(vjp: bool, entry: tuple) -> None:
+    if _PREPARED.get(vjp) is entry:
+        del _PREPARED[vjp]
+
+
 def _same_leaves(refs: list, leaves: list) -> bool:
     return len(refs) == len(leaves) and all(r() is a for r, a in zip(refs, leaves))
 
@@ -292,7 +297,9 @@ class ADMModel(Model):
         for key in [k for k, (refs, _) in _PREPARED.items() if not _same_leaves(refs, leaves)]:
             del _PREPARED[key]  # one parameter set at a time
         if vjp not in _PREPARED:
-            _PREPARED[vjp] = ([weakref.ref(a) for a in leaves], jax.device_put(prepare_params(self.params, vjp=vjp)))
+            entry = ([weakref.ref(a) for a in leaves], jax.device_put(prepare_params(self.params, vjp=vjp)))
+            _PREPARED[vjp] = entry
+            weakref.finalize(leaves[0], _forget, vjp, entry)  # freed with the weights
         return dataclasses.replace(self, prepared=_PREPARED[vjp][1])
 
     @classmethod
