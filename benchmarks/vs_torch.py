@@ -24,8 +24,9 @@ What is timed, per model and batch (1, 4, 16 by default):
   (``torch.autograd.grad`` with the weights frozen; invdiff: ``jax.vjp`` of ``raw``).
 
 invdiff's side is compiled as invdiff compiles its own programs (``invdiff.compiler.jit``, the
-wrapper of ``solve``: XLA:CPU options of :mod:`invdiff.compiler`), so it times what a solver's
-loop runs. ``INVDIFF_XLA_OPTIONS=0`` times plain ``jax.jit`` instead.
+wrapper of ``solve``: XLA:CPU options of :mod:`invdiff.compiler`), on the model as ``solve``
+passes it (``ADMModel.with_prepared(vjp=True)``), so it times what a solver's loop runs.
+``INVDIFF_XLA_OPTIONS=0`` times plain ``jax.jit`` instead.
 
 Both sides run interleaved in one process: every repeat times invdiff, then torch at each
 thread count (``torch.set_num_threads``: 1 and 2 by default), in alternating order. The
@@ -154,7 +155,9 @@ class Case:
         self.x, self.g = jnp.asarray(x), jnp.asarray(g)
         tj = jnp.asarray(t, jnp.int32)
         yj = None if y is None else jnp.asarray(y, jnp.int32)
-        raw = lambda x: model.raw(x, tj, yj)
+        # as solve runs it: with the parameter-only quantities precomputed (ADMModel.with_prepared)
+        prepared = model.with_prepared(vjp=True) if hasattr(model, "with_prepared") else model
+        raw = lambda x: prepared.raw(x, tj, yj)
         self.jax_fwd = compiler.jit(raw)
 
         def fwd_vjp(x, g):
