@@ -457,9 +457,8 @@ def test_prepared_params_give_the_same_bits_and_never_go_stale():
     numpy, with ``vjp`` the convolutions' flipped kernels too): the network's output and its
     input gradient are the same bits; new weights drop what was derived from the old ones; it
     is computed once per parameter set and freed with it."""
-    from invdiff.nets import adm
-
     from invdiff import compiler
+    from invdiff.nets import adm
 
     model = _tiny(image_size=8, channel_mult="1", attention_resolutions="")
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))

@@ -163,4 +163,3 @@ class Conv2d(nn.Module):
         if self.has_variable(PREPARED, "kernel_t"):  # see unet.prepare_params
             kt = self.get_variable(PREPARED, "kernel_t").astype(dtype)
         return conv(x, k, (self.strides, self.strides), ((p, p), (p, p)), self.precision, kt) + b
-
