@@ -285,15 +285,17 @@ class ADMModel(Model):
         input gradient, a second copy of the convolution weights (``solve`` asks for it for
         solvers with network VJPs, ``vjp_per_step``). The same values bit for bit; computed
         once per parameter set (the last one is cached). Weights on another platform than the
-        CPU, or traced, are returned unchanged; new ``params`` (``replace``) drop it."""
+        CPU, sharded across processes, or traced, are returned unchanged; new ``params``
+        (``replace``) drop it."""
         leaves = jax.tree.leaves(self.params)
         if self.prepared is not None and (not vjp or _has_kernel_t(self.prepared)):
             return self
         if not leaves or any(not isinstance(a, (np.ndarray, jax.Array)) or isinstance(a, jax.core.Tracer)
                              for a in leaves):
             return self
-        if any(d.platform != "cpu" for a in leaves if isinstance(a, jax.Array) for d in a.devices()):
-            return self
+        arrays = [a for a in leaves if isinstance(a, jax.Array)]
+        if any(not a.is_fully_addressable or any(d.platform != "cpu" for d in a.devices()) for a in arrays):
+            return self  # numpy cannot read them here (other platforms, other processes' shards)
         for key in [k for k, (refs, _) in _PREPARED.items() if not _same_leaves(refs, leaves)]:
             del _PREPARED[key]  # one parameter set at a time
         if vjp not in _PREPARED:
