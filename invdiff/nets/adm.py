@@ -244,6 +244,15 @@ def _forget(vjp: bool, entry: tuple) -> None:
         del _PREPARED[vjp]
 
 
+def _on_this_cpu(a: Any) -> bool:
+    """A concrete array numpy can read here: numpy's, or a jax array wholly in this process's
+    CPU memory (not traced, not on another platform, not sharded across processes)."""
+    if isinstance(a, np.ndarray):
+        return True
+    return (isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and a.is_fully_addressable
+            and all(d.platform == "cpu" for d in a.devices()))
+
+
 def _same_leaves(refs: list, leaves: list) -> bool:
     return len(refs) == len(leaves) and all(r() is a for r, a in zip(refs, leaves))
 
@@ -287,15 +296,11 @@ class ADMModel(Model):
         once per parameter set (the last one is cached). Weights on another platform than the
         CPU, sharded across processes, or traced, are returned unchanged; new ``params``
         (``replace``) drop it."""
-        leaves = jax.tree.leaves(self.params)
         if self.prepared is not None and (not vjp or _has_kernel_t(self.prepared)):
             return self
-        if not leaves or any(not isinstance(a, (np.ndarray, jax.Array)) or isinstance(a, jax.core.Tracer)
-                             for a in leaves):
-            return self
-        arrays = [a for a in leaves if isinstance(a, jax.Array)]
-        if any(not a.is_fully_addressable or any(d.platform != "cpu" for d in a.devices()) for a in arrays):
-            return self  # numpy cannot read them here (other platforms, other processes' shards)
+        leaves = jax.tree.leaves(self.params)
+        if not leaves or not all(map(_on_this_cpu, leaves)):
+            return self  # numpy cannot read them here
         for key in [k for k, (refs, _) in _PREPARED.items() if not _same_leaves(refs, leaves)]:
             del _PREPARED[key]  # one parameter set at a time
         if vjp not in _PREPARED:

@@ -90,14 +90,14 @@ class GroupNorm32(nn.Module):
         bias = checked_param(self, "bias", nn.initializers.zeros, (c,))
         h = x.astype(jnp.float32)
         half = None
-        if act and self.has_variable(PREPARED, "bias_half"):
-            half = self.get_variable(PREPARED, "bias_half")
         if scale_shift is not None:
             # (GN(h) scale + bias)(1 + s) + b as a per-sample affine: two small ops (one XLA:CPU
             # kernel with the slices of the embedding projection they read) that save four
             # operations per pixel in the forward pass and more in the VJP
             s, b = (jnp.asarray(v, jnp.float32) for v in scale_shift)
-            scale, bias, half = scale * (1 + s), bias * (1 + s) + b, None
+            scale, bias = scale * (1 + s), bias * (1 + s) + b
+        elif act and self.has_variable(PREPARED, "bias_half"):
+            half = self.get_variable(PREPARED, "bias_half")
         if not act:
             return group_norm(h, scale, bias, self.num_groups, self.epsilon).astype(x.dtype)
         return group_norm_silu(h, scale, bias, self.num_groups, self.epsilon, half).astype(x.dtype)
