@@ -198,9 +198,9 @@ class ADMConfig:
             use_new_attention_order=self.use_new_attention_order,
         )
 
-    def unet(self, dtype: Any = jnp.float32, precision: Any = None) -> UNet:
-        """The Flax module for this configuration."""
-        return UNet(**self.unet_kwargs(), dtype=dtype, precision=precision)
+    def unet(self, dtype: Any = jnp.float32, precision: Any = None, custom_vjp: bool = True) -> UNet:
+        """The Flax module for this configuration (``custom_vjp``: see :attr:`UNet.custom_vjp`)."""
+        return UNet(**self.unet_kwargs(), dtype=dtype, precision=precision, custom_vjp=custom_vjp)
 
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule.named(self.noise_schedule, self.diffusion_steps)
@@ -221,8 +221,9 @@ def _apply_unet(params: Any, x: Array, t: Array, label: Array | None, prepared: 
                 config: ADMConfig, dtype: Any, precision: Any = None, debug: bool = False) -> Any:
     """The UNet forward. ``debug=True`` also returns the ``intermediates`` collection with
     every attention block's weights and every top-level module's output. ``prepared``: see
-    :meth:`ADMModel.with_prepared`."""
-    net = config.unet(dtype, precision)
+    :meth:`ADMModel.with_prepared` (prepared without ``vjp``, the UNet is built without its
+    VJP rules: :attr:`UNet.custom_vjp`)."""
+    net = config.unet(dtype, precision, custom_vjp=prepared is None or _has_kernel_t(prepared))
     variables = {"params": params}
     if prepared is not None:
         variables[PREPARED] = prepared
@@ -295,7 +296,13 @@ class ADMModel(Model):
         solvers with network VJPs, ``vjp_per_step``). The same values bit for bit; computed
         once per parameter set (the last one is cached). Weights on another platform than the
         CPU, sharded across processes, or traced, are returned unchanged; new ``params``
-        (``replace``) drop it."""
+        (``replace``) drop it.
+
+        Without ``vjp`` the network is also traced without its written-out VJP rules
+        (:attr:`~invdiff.nets.unet.UNet.custom_vjp` False): faster to compile, the same values.
+        Differentiating it still gives correct input gradients, by autodiff (slower); the
+        prepared quantities then count as inputs of their own, so take parameter gradients on
+        a model without them (``replace(params=...)``, or the model as loaded)."""
         if self.prepared is not None and (not vjp or _has_kernel_t(self.prepared)):
             return self
         leaves = jax.tree.leaves(self.params)

@@ -115,19 +115,21 @@ for _a in range(2):
         _TAPS[_a, _u, (_a + _u + 1) // 2 - _a] = 1.0
 
 
-def up2_conv3(x: Array, k: Array, precision: Any = None) -> Array:
+def up2_conv3(x: Array, k: Array, precision: Any = None, custom_vjp: bool = True) -> Array:
     """``conv(nearest_up2(x), k)`` for a 3x3 kernel ``k`` padded by 1, without the upsampled
     image: even output rows read input rows (i-1, i) with taps (k0, k1 + k2), odd ones (i, i+1)
     with (k0 + k1, k2), and likewise for columns. All four phases are one 2x2 convolution of
     ``x`` padded by 1, with 4x the output channels; each phase is its output shifted by (a, c)
     and the phases are interleaved. 4/9 (H+1)(W+1)/(HW) of the direct form's multiply-adds
     (0.47 at 32x32), and the input gradient needs no 2x2 sum over an upsampled gradient.
-    Equal to the direct form up to float rounding (the taps are added before multiplying)."""
+    Equal to the direct form up to float rounding (the taps are added before multiplying).
+    ``custom_vjp``: as :class:`Conv2d`'s."""
     b, h, w, ci = x.shape
     o = k.shape[-1]
     taps = jnp.asarray(_TAPS, k.dtype)
     k4 = jnp.einsum("aur,cvs,uvio->rsiaco", taps, taps, k, precision=lax.Precision.HIGHEST)
-    y = conv(x, k4.reshape(2, 2, ci, 4 * o), (1, 1), ((1, 1), (1, 1)), precision)
+    k4, pads = k4.reshape(2, 2, ci, 4 * o), ((1, 1), (1, 1))
+    y = conv(x, k4, (1, 1), pads, precision) if custom_vjp else _plain(x, k4, (1, 1), pads, precision)
     y = y.reshape(b, h + 1, w + 1, 2, 2, o)
     rows = [jnp.stack([y[:, a:a + h, c:c + w, a, c] for c in range(2)], axis=3) for a in range(2)]
     return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)  # (B, H, 2, W, 2, O) interleaved
@@ -137,7 +139,9 @@ class Conv2d(nn.Module):
     """``flax.linen.Conv`` for NHWC images with symmetric padding ``kernel // 2`` (the same
     parameters, ``kernel`` (HWIO) and ``bias``, and the same dtype handling), on :func:`conv` and
     :func:`checked_param`. ``upsample=True`` (3x3 kernels, stride 1) convolves the
-    nearest-neighbour x2 upsampled input, computed by :func:`up2_conv3`."""
+    nearest-neighbour x2 upsampled input, computed by :func:`up2_conv3`. ``custom_vjp=False``
+    convolves with ``lax`` directly, without :func:`conv`'s VJP rule: for programs that never
+    differentiate the network (faster to trace; autodiff still works, slower)."""
 
     features: int
     kernel: int
@@ -145,6 +149,7 @@ class Conv2d(nn.Module):
     dtype: Any = None
     precision: Any = None
     upsample: bool = False
+    custom_vjp: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -157,9 +162,12 @@ class Conv2d(nn.Module):
             if self.kernel != 3 or self.strides != 1:
                 raise ValueError(f"upsample=True needs a 3x3 stride-1 conv, got kernel {self.kernel}, "
                                  f"stride {self.strides}")
-            return up2_conv3(x, k, self.precision) + b
+            return up2_conv3(x, k, self.precision, self.custom_vjp) + b
         p = self.kernel // 2
+        pads, strides = ((p, p), (p, p)), (self.strides, self.strides)
+        if not self.custom_vjp:
+            return _plain(x, k, strides, pads, self.precision) + b
         kt = None
         if self.has_variable(PREPARED, "kernel_t"):  # see unet.prepare_params
             kt = self.get_variable(PREPARED, "kernel_t").astype(dtype)
-        return conv(x, k, (self.strides, self.strides), ((p, p), (p, p)), self.precision, kt) + b
+        return conv(x, k, strides, pads, self.precision, kt) + b
