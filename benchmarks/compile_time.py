@@ -9,8 +9,11 @@ demo's box-inpainting problem on two validation emoji, calls ``invdiff.solve`` t
 reports:
 
 * *first s*: the first call (tracing, lowering, XLA compilation, one solve);
-* *compile s*: first call - second call (what compiling costs);
-* *trace/lower/XLA s*: the ``jax.monitoring`` compile events of the first call, summed.
+* *compile s*: first call - second call (what compiling costs), median over rounds;
+* *trace/lower/XLA s*: the ``jax.monitoring`` compile events of the first call, summed;
+* *compile CPU s*: the same difference in the process's CPU time (all threads): on a shared
+  machine it does not count time the process waited for a core, so it varies less than wall
+  time between runs (XLA compiles on two threads, so it exceeds the wall-time figure).
 
 Checkouts and solvers are interleaved round by round, so a shared machine's load falls on all
 of them alike; the table gives the median over rounds.
@@ -52,15 +55,18 @@ with np.load(sys.argv[3]) as d:
 op = Inpainting(masks.by_name("box", jax.random.key(0), 64, 64))
 y = op.A(x)
 solver = solvers.make(name, steps)
-t0 = time.perf_counter()
+jax.block_until_ready(y)
+events.clear()  # the first call's events only (not loading the model)
+t0, c0 = time.perf_counter(), time.process_time()
 jax.block_until_ready(invdiff.solve(solver, model, op, y, key=jax.random.key(0), label=labels).x)
-first = time.perf_counter() - t0
+first, cpu_first = time.perf_counter() - t0, time.process_time() - c0
 first_events = dict(events)
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 jax.block_until_ready(invdiff.solve(solver, model, op, y, key=jax.random.key(1), label=labels).x)
-second = time.perf_counter() - t0
+second, cpu_second = time.perf_counter() - t0, time.process_time() - c0
 short = {k.rsplit("/", 1)[-1]: v for k, v in first_events.items()}
-print(json.dumps(dict(first=first, second=second, trace=short.get("jaxpr_trace_duration", 0.0),
+print(json.dumps(dict(first=first, second=second, cpu_first=cpu_first, cpu_second=cpu_second,
+                      trace=short.get("jaxpr_trace_duration", 0.0),
                       lower=short.get("jaxpr_to_mlir_module_duration", 0.0),
                       xla=short.get("backend_compile_duration", 0.0))))
 """
@@ -101,6 +107,11 @@ def main() -> None:
                 print(f"round {rnd} {solver} {name}: first {r['first']:.1f} s, second {r['second']:.2f} s, "
                       f"xla {r['xla']:.1f} s", flush=True)
     med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in rows.items()}
+
+    def compile_s(solver: str, name: str, kind: str = "") -> float:
+        """The median over rounds of first - second (wall time, or CPU time for kind "cpu_")."""
+        return statistics.median(r[kind + "first"] - r[kind + "second"] for r in rows[(solver, name)])
+
     names = list(repos)
     md = [f"# Compile time per solver program, bundled model (cold, persistent cache off) — {platform.machine()}, "
           f"{os.cpu_count()} cores", "",
@@ -112,18 +123,19 @@ def main() -> None:
           f"{[round(v, 1) for v in os.getloadavg()]} (the machine may be shared: checkouts were interleaved)",
           f"- problem: box inpainting of 2 validation emoji, {a.steps} steps (RePaint: `solvers.make`'s "
           f"resampling walk); medians of {a.rounds} fresh processes each", "",
-          "| solver | checkout | first call s | second call s | compile s (first - second) | trace s | lower s "
-          "| XLA s |", "|---|---|---|---|---|---|---|---|"]
+          "| solver | checkout | first call s | second call s | compile s (first - second) | compile CPU s "
+          "| trace s | lower s | XLA s |", "|---|---|---|---|---|---|---|---|---|"]
     for solver in a.solvers.split(","):
         for name in names:
             m = med[(solver, name)]
-            md.append(f"| {solver} | {name} | {m['first']:.1f} | {m['second']:.2f} | {m['first'] - m['second']:.1f} "
-                      f"| {m['trace']:.1f} | {m['lower']:.1f} | {m['xla']:.1f} |")
-    def compile_s(solver: str, name: str) -> float:
-        return med[(solver, name)]["first"] - med[(solver, name)]["second"]
+            md.append(f"| {solver} | {name} | {m['first']:.1f} | {m['second']:.2f} | {compile_s(solver, name):.1f} "
+                      f"| {compile_s(solver, name, 'cpu_'):.1f} | {m['trace']:.1f} | {m['lower']:.1f} "
+                      f"| {m['xla']:.1f} |")
 
     md += [""] + [f"Ratio of compile s, {n} / {names[0]}: " + ", ".join(
-        f"{s} {compile_s(s, n) / compile_s(s, names[0]):.2f}" for s in a.solvers.split(",")) for n in names[1:]]
+        f"{s} {compile_s(s, n) / compile_s(s, names[0]):.2f}" for s in a.solvers.split(",")) + "; of compile CPU s: "
+        + ", ".join(f"{s} {compile_s(s, n, 'cpu_') / compile_s(s, names[0], 'cpu_'):.2f}" for s in a.solvers.split(","))
+        for n in names[1:]]
     out = Path(a.out)
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     out.with_suffix(".json").write_text(json.dumps(dict(commits=commits, rows={f"{s}|{n}": v for (s, n), v in

@@ -45,3 +45,28 @@ def test_the_wrapped_program_computes_the_same_inside_and_outside_a_trace(fresh)
     np.testing.assert_allclose(inside, top, rtol=1e-5, atol=1e-5)
     # ahead-of-time lowering reaches the same program
     np.testing.assert_allclose(wrapped.lower(x, n=3).compile()(x), top, rtol=1e-6, atol=1e-6)
+
+
+def test_top_level_calls_pause_the_garbage_collector_and_restore_it():
+    import gc
+
+    seen = []
+
+    def f(x):
+        seen.append(gc.isenabled())  # while tracing
+        return x + 1
+
+    wrapped = compiler.jit(f)
+    assert gc.isenabled()
+    wrapped(jnp.ones(3))
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(TypeError):
+        wrapped(jnp.ones(3), 2)  # an error while tracing leaves the collector running
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with compiler.gc_paused():
+            pass
+        assert not gc.isenabled()  # a collector the caller paused stays paused
+    finally:
+        gc.enable()
