@@ -34,6 +34,7 @@ from invdiff.nets import (
     load_state_dict,
     preset_flags,
     save_model,
+    unet,
 )
 from invdiff.nets.adm import abstract_params
 from invdiff.nets.torch_pickle import LEGACY_MAGIC, LEGACY_PROTOCOL, load_pt
@@ -461,7 +462,7 @@ def test_prepared_params_give_the_same_bits_and_never_go_stale():
     from invdiff import compiler
     from invdiff.nets import adm
 
-    model = _tiny(image_size=8, channel_mult="1", attention_resolutions="")
+    model = _tiny(image_size=8, channel_mult="1,1", attention_resolutions="")  # one up ResBlock
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     t, lab = jnp.array([999, 10]), jnp.array([3, 9])
     w = jax.random.normal(jax.random.key(2), x.shape)
@@ -469,8 +470,9 @@ def test_prepared_params_give_the_same_bits_and_never_go_stale():
     prepared = model.with_prepared(vjp=True)
     n_conv = sum(np.ndim(a) == 4 for a in jax.tree.leaves(model.params))
     n_norm = sum(p[-1].key == "scale" for p, _ in jax.tree_util.tree_leaves_with_path(model.params))
-    assert len(jax.tree.leaves(model.with_prepared().prepared)) == n_norm > 0  # bias / 2 only
-    assert len(jax.tree.leaves(prepared.prepared)) == n_norm + n_conv > n_norm
+    # bias / 2, and the upsampling convolution's phase kernel
+    assert len(jax.tree.leaves(model.with_prepared().prepared)) == n_norm + 1 > 1
+    assert len(jax.tree.leaves(prepared.prepared)) == n_norm + 1 + n_conv
     assert model.prepared is None and prepared.with_prepared(vjp=True) is prepared
     assert model.with_prepared(vjp=True).prepared is prepared.prepared  # cached per parameter set
     for a, b in zip(out_and_grad(prepared, x), out_and_grad(model, x), strict=True):
@@ -540,8 +542,6 @@ def test_image_networks_declare_their_data_range():
 
 
 def abstract_params_like(cfg):
-    from invdiff.nets.adm import abstract_params
-
     return abstract_params(cfg)
 
 
@@ -607,6 +607,25 @@ def test_attention_softmax_vjp_equals_autodiff():
     np.testing.assert_allclose(softmax(x), jax.nn.softmax(x, axis=-1), rtol=1e-6, atol=1e-7)
     grads = [jax.grad(lambda x, f=f: jnp.sum(w * f(x)))(x) for f in (softmax, jax.nn.softmax)]
     np.testing.assert_allclose(*grads, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("updown", [False, True])
+def test_upsampling_convs_names_every_upsampling_convolution(updown):
+    """``UNet.upsampling_convs`` (which ``prepare_params`` gives phase kernels) lists exactly the
+    ``Conv2d(upsample=True)`` modules the forward pass builds, attention blocks in between."""
+    from invdiff.nets.conv import Conv2d
+
+    cfg = ADMConfig.from_flags(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,1,2",
+                               attention_resolutions="8,4", resblock_updown=updown)
+    net = cfg.unet()
+    params = abstract_params(cfg)
+    is_up = lambda m, _: isinstance(m, Conv2d) and m.upsample
+    _, seen = jax.eval_shape(lambda p: net.apply({"params": p}, jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,)),
+                                                 capture_intermediates=is_up, mutable=["intermediates"]), params)
+    found = {p for p, _ in unet._paths(jax.tree.map(lambda a: 0, seen["intermediates"]), "__call__")}
+    assert found == set(net.upsampling_convs()) and len(found) == 2
+    with pytest.raises(ValueError, match="no convolution kernel at the upsampling paths"):
+        unet.prepare_params({}, upsampling=[("nowhere", "conv")])
 
 
 @pytest.mark.parametrize("size", [(4, 4), (5, 3)])

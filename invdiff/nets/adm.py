@@ -289,11 +289,13 @@ class ADMModel(Model):
 
     def with_prepared(self, *, vjp: bool = False) -> ADMModel:
         """This model with :func:`invdiff.nets.unet.prepare_params` of its weights attached:
-        quantities the network derives from its parameters alone, computed once with numpy
-        instead of inside every compiled program (on CPU each was a kernel XLA generated and
-        compiled). ``vjp=True`` adds every convolution kernel flipped and transposed for the
-        input gradient, a second copy of the convolution weights (``solve`` asks for it for
-        solvers with network VJPs, ``vjp_per_step``). The same values bit for bit; computed
+        quantities the network derives from its parameters alone (each norm's bias / 2, the
+        upsampling convolutions' phase kernels), computed once with numpy instead of inside
+        every compiled program (on CPU each was a kernel XLA generated and compiled; the phase
+        kernels took the bundled model's DDNM program from 79 kernels to 70). ``vjp=True``
+        adds every convolution kernel flipped and transposed for the input gradient, a second
+        copy of the convolution weights (``solve`` asks for it for solvers with network VJPs,
+        ``vjp_per_step``). The same values bit for bit; computed
         once per parameter set (the last one is cached). Weights on another platform than the
         CPU, sharded across processes, or traced, are returned unchanged; new ``params``
         (``replace``) drop it.
@@ -311,7 +313,8 @@ class ADMModel(Model):
         for key in [k for k, (refs, _) in _PREPARED.items() if not _same_leaves(refs, leaves)]:
             del _PREPARED[key]  # one parameter set at a time
         if vjp not in _PREPARED:
-            entry = ([weakref.ref(a) for a in leaves], jax.device_put(prepare_params(self.params, vjp=vjp)))
+            tree = prepare_params(self.params, vjp=vjp, upsampling=self.config.unet().upsampling_convs())
+            entry = ([weakref.ref(a) for a in leaves], jax.device_put(tree))
             _PREPARED[vjp] = entry
             weakref.finalize(leaves[0], _forget, vjp, entry)  # freed with the weights
         return dataclasses.replace(self, prepared=_PREPARED[vjp][1])

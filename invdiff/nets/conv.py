@@ -107,15 +107,28 @@ def checked_param(module: nn.Module, name: str, init: Any, shape: tuple[int, ...
     return module.param(name, init, shape, jnp.float32)
 
 
-#: _TAPS[a, u, r]: for output phase a (even, odd) of a nearest-neighbour x2 upsampled input,
-#: tap u of a 3-tap kernel reads input pixel i - 1 + a + r, with r = (a + u + 1) // 2 - a
-_TAPS = np.zeros((2, 3, 2), np.float32)
-for _a in range(2):
-    for _u in range(3):
-        _TAPS[_a, _u, (_a + _u + 1) // 2 - _a] = 1.0
+def _phase_taps(k: Any, axis: int) -> list[list[Any]]:
+    """[a][r]: the 2-tap kernels along ``axis`` of output phase a (even, odd) of a 3-tap kernel
+    over a nearest-neighbour x2 upsampled input: even outputs read input pixels (i - 1, i) with
+    taps (k0, k1 + k2), odd ones (i, i + 1) with (k0 + k1, k2)."""
+    k0, k1, k2 = (k[(slice(None),) * axis + (j,)] for j in range(3))
+    return [[k0, k1 + k2], [k0 + k1, k2]]
 
 
-def up2_conv3(x: Array, k: Array, precision: Any = None, custom_vjp: bool = True) -> Array:
+def phase_kernel(k: Any) -> Any:
+    """The 2x2 kernel (2, 2, I, 4 O) of :func:`up2_conv3` for a 3x3 HWIO kernel ``k``: output
+    channels (a, c, o) hold phase (a, c) (row, column). Sums of 2-4 taps, added in one fixed
+    order whether ``k`` is numpy or jax (the same bits both ways). numpy in, numpy out."""
+    xp = np if isinstance(k, np.ndarray) else jnp
+    rows = _phase_taps(k, 0)  # [a][r]: (3, I, O) over the columns
+    taps = [[_phase_taps(rows[a][r], 0) for r in range(2)] for a in range(2)]  # [a][r][c][s]: (I, O)
+    k4 = xp.stack([xp.stack([xp.stack([xp.stack([taps[a][r][c][s] for c in range(2)], -2) for a in range(2)], -3)
+                             for s in range(2)]) for r in range(2)])  # (r, s, I, a, c, O)
+    return k4.reshape(2, 2, k.shape[2], 4 * k.shape[3])
+
+
+def up2_conv3(x: Array, k: Array, precision: Any = None, custom_vjp: bool = True, k4: Array | None = None,
+              k4t: Array | None = None) -> Array:
     """``conv(nearest_up2(x), k)`` for a 3x3 kernel ``k`` padded by 1, without the upsampled
     image: even output rows read input rows (i-1, i) with taps (k0, k1 + k2), odd ones (i, i+1)
     with (k0 + k1, k2), and likewise for columns. All four phases are one 2x2 convolution of
@@ -123,13 +136,12 @@ def up2_conv3(x: Array, k: Array, precision: Any = None, custom_vjp: bool = True
     and the phases are interleaved. 4/9 (H+1)(W+1)/(HW) of the direct form's multiply-adds
     (0.47 at 32x32), and the input gradient needs no 2x2 sum over an upsampled gradient.
     Equal to the direct form up to float rounding (the taps are added before multiplying).
-    ``custom_vjp``: as :class:`Conv2d`'s."""
+    ``custom_vjp``: as :class:`Conv2d`'s; ``k4``, ``k4t``, if given, must be :func:`phase_kernel`
+    of ``k`` and :func:`flip_kernel` of that (see :func:`invdiff.nets.unet.prepare_params`)."""
     b, h, w, ci = x.shape
     o = k.shape[-1]
-    taps = jnp.asarray(_TAPS, k.dtype)
-    k4 = jnp.einsum("aur,cvs,uvio->rsiaco", taps, taps, k, precision=lax.Precision.HIGHEST)
-    k4, pads = k4.reshape(2, 2, ci, 4 * o), ((1, 1), (1, 1))
-    y = conv(x, k4, (1, 1), pads, precision) if custom_vjp else _plain(x, k4, (1, 1), pads, precision)
+    k4, pads = phase_kernel(k) if k4 is None else k4, ((1, 1), (1, 1))
+    y = conv(x, k4, (1, 1), pads, precision, k4t) if custom_vjp else _plain(x, k4, (1, 1), pads, precision)
     y = y.reshape(b, h + 1, w + 1, 2, 2, o)
     rows = [jnp.stack([y[:, a:a + h, c:c + w, a, c] for c in range(2)], axis=3) for a in range(2)]
     return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)  # (B, H, 2, W, 2, O) interleaved
@@ -158,16 +170,17 @@ class Conv2d(nn.Module):
         b = checked_param(self, "bias", nn.initializers.zeros, (self.features,))
         dtype = self.dtype or jnp.result_type(x, k)
         x, k, b = x.astype(dtype), k.astype(dtype), b.astype(dtype)
+        # see unet.prepare_params
+        kt = self.get_variable(PREPARED, "kernel_t").astype(dtype) if self.has_variable(PREPARED, "kernel_t") else None
         if self.upsample:
             if self.kernel != 3 or self.strides != 1:
                 raise ValueError(f"upsample=True needs a 3x3 stride-1 conv, got kernel {self.kernel}, "
                                  f"stride {self.strides}")
-            return up2_conv3(x, k, self.precision, self.custom_vjp) + b
+            k4 = self.get_variable(PREPARED, "kernel_up").astype(dtype) if self.has_variable(PREPARED, "kernel_up") \
+                else None
+            return up2_conv3(x, k, self.precision, self.custom_vjp, k4, kt if k4 is not None else None) + b
         p = self.kernel // 2
         pads, strides = ((p, p), (p, p)), (self.strides, self.strides)
         if not self.custom_vjp:
             return _plain(x, k, strides, pads, self.precision) + b
-        kt = None
-        if self.has_variable(PREPARED, "kernel_t"):  # see unet.prepare_params
-            kt = self.get_variable(PREPARED, "kernel_t").astype(dtype)
         return conv(x, k, strides, pads, self.precision, kt) + b

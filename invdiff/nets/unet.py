@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invdiff.nets.conv import PREPARED, Conv2d, checked_param, flip_kernel
+from invdiff.nets.conv import PREPARED, Conv2d, checked_param, flip_kernel, phase_kernel
 
 Array = jax.Array
 Dtype = Any
@@ -249,21 +249,26 @@ group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 group_norm_silu.defvjp(_group_norm_silu_fwd, _group_norm_silu_bwd)
 
 
-def prepare_params(params: Any, *, vjp: bool = False) -> dict:
+def prepare_params(params: Any, *, vjp: bool = False, upsampling: Sequence[tuple[str, ...]] = ()) -> dict:
     """Quantities the UNet derives from its parameters alone, computed once with numpy, as a
     tree for the :data:`~invdiff.nets.conv.PREPARED` variable collection (the same values, bit
     for bit, as the network computes without them):
 
     * ``bias_half``: each norm's bias / 2 (a norm before a SiLU computes z / 2);
-    * with ``vjp``, ``kernel_t``: each convolution kernel flipped and transposed
-      (:func:`~invdiff.nets.conv.flip_kernel`), the kernel of its input gradient. This is a
-      second copy of the convolution weights.
+    * ``kernel_up``: for the convolutions at the paths in ``upsampling`` (those that read a x2
+      upsampled input, :meth:`UNet.upsampling_convs`), the 2x2 kernel of all four output
+      phases (:func:`~invdiff.nets.conv.phase_kernel`; 16/9 the size of the 3x3 kernel);
+    * with ``vjp``, ``kernel_t``: each convolution kernel (``kernel_up`` where there is one)
+      flipped and transposed (:func:`~invdiff.nets.conv.flip_kernel`), the kernel of its input
+      gradient. This is a second copy of the convolution weights.
 
     Inside a compiled program, each of these would be a small computation of its own, and on
     XLA:CPU a generated kernel to compile, one per shape (DPS's program on the bundled model:
-    157 kernels with ``kernel_t`` only, 131 with both and 2-D norm statistics). For fixed
+    157 kernels with ``kernel_t`` only, 131 with both and 2-D norm statistics, 119 with
+    ``kernel_up``). For fixed
     weights only: after any change to ``params`` the tree is stale (``ADMModel`` drops it)."""
     out: dict = {}
+    up = {tuple(p) for p in upsampling}
 
     def visit(node: Any, path: tuple[str, ...]) -> None:
         if not isinstance(node, Mapping):
@@ -271,8 +276,15 @@ def prepare_params(params: Any, *, vjp: bool = False) -> dict:
         derived = {}
         if "scale" in node and np.ndim(node.get("bias")) == 1:
             derived["bias_half"] = np.asarray(node["bias"]) * np.float32(0.5)
-        elif vjp and np.ndim(node.get("kernel")) == 4:
-            derived["kernel_t"] = np.ascontiguousarray(flip_kernel(np.asarray(node["kernel"])))
+        elif np.ndim(node.get("kernel")) == 4 and (path in up or vjp):
+            k = np.asarray(node["kernel"])
+            if path in up:
+                if k.shape[:2] != (3, 3):
+                    raise ValueError(f"upsampling convolution {'/'.join(path)} has a {k.shape[0]}x{k.shape[1]} "
+                                     "kernel: phase kernels need 3x3")
+                k = derived["kernel_up"] = phase_kernel(k)
+            if vjp:
+                derived["kernel_t"] = np.ascontiguousarray(flip_kernel(k))
         if derived:
             leaf = out
             for key in path:
@@ -282,7 +294,18 @@ def prepare_params(params: Any, *, vjp: bool = False) -> dict:
             visit(child, path + (key,))
 
     visit(params, ())
+    if missing := up - {p for p, _ in _paths(out, "kernel_up")}:
+        raise ValueError(f"prepare_params: no convolution kernel at the upsampling paths {sorted(missing)}")
     return out
+
+
+def _paths(tree: Mapping, leaf: str, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """(path, value) of every ``leaf`` key in a nested dict."""
+    found = [(path, tree[leaf])] if leaf in tree else []
+    for key, child in tree.items():
+        if isinstance(child, Mapping):
+            found += _paths(child, leaf, path + (key,))
+    return found
 
 
 def silu(x: Array) -> Array:
@@ -540,6 +563,23 @@ class UNet(nn.Module):
     #: sampler without network VJPs): traced ~30 % faster, the same values. Differentiating it
     #: still works, by autodiff (slower, more memory).
     custom_vjp: bool = True
+
+    def upsampling_convs(self) -> tuple[tuple[str, str], ...]:
+        """Parameter paths of the convolutions that read a x2 upsampled input (``Upsample``'s
+        ``conv``, or an up ResBlock's ``in_layers_2``), as :meth:`__call__` names them."""
+        paths = []
+        ds, idx = 2 ** (len(self.channel_mult) - 1), 0
+        for level in reversed(range(len(self.channel_mult))):
+            for i in range(self.num_res_blocks + 1):
+                if level and i == self.num_res_blocks:
+                    name = f"output_blocks_{idx}_{2 if ds in self.attention_resolutions else 1}"
+                    if self.resblock_updown:
+                        paths.append((name, "in_layers_2"))
+                    elif self.conv_resample:
+                        paths.append((name, "conv"))
+                    ds //= 2
+                idx += 1
+        return tuple(paths)
 
     @nn.compact
     def __call__(self, x: Array, t: Array, y: Array | None = None, *, train: bool = False) -> Array:
