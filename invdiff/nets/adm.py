@@ -295,10 +295,9 @@ class ADMModel(Model):
         kernels took the bundled model's DDNM program from 79 kernels to 70). ``vjp=True``
         adds every convolution kernel flipped and transposed for the input gradient, a second
         copy of the convolution weights (``solve`` asks for it for solvers with network VJPs,
-        ``vjp_per_step``). The same values bit for bit; computed
-        once per parameter set (the last one is cached). Weights on another platform than the
-        CPU, sharded across processes, or traced, are returned unchanged; new ``params``
-        (``replace``) drop it.
+        ``vjp_per_step``). The same values bit for bit; computed once per parameter set (the
+        last one is cached). Weights on another platform than the CPU, sharded across
+        processes, or traced, are returned unchanged; new ``params`` (``replace``) drop it.
 
         Without ``vjp`` the network is also traced without its written-out VJP rules
         (:attr:`~invdiff.nets.unet.UNet.custom_vjp` False): faster to compile, the same values.

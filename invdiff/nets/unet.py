@@ -265,8 +265,8 @@ def prepare_params(params: Any, *, vjp: bool = False, upsampling: Sequence[tuple
     Inside a compiled program, each of these would be a small computation of its own, and on
     XLA:CPU a generated kernel to compile, one per shape (DPS's program on the bundled model:
     157 kernels with ``kernel_t`` only, 131 with both and 2-D norm statistics, 119 with
-    ``kernel_up``). For fixed
-    weights only: after any change to ``params`` the tree is stale (``ADMModel`` drops it)."""
+    ``kernel_up``). For fixed weights only: after any change to ``params`` the tree is stale
+    (``ADMModel`` drops it)."""
     out: dict = {}
     up = {tuple(p) for p in upsampling}
 
