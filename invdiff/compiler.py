@@ -26,7 +26,6 @@ turns all of this off.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import functools
 import gc
 import os
@@ -79,24 +78,6 @@ def gc_paused() -> Iterator[None]:
         gc.enable()
 
 
-_INLINE = contextvars.ContextVar("invdiff_compiler_inline", default=False)
-
-
-@contextlib.contextmanager
-def inline() -> Iterator[None]:
-    """Within this block, a :func:`jit` function called with traced arguments runs its body in
-    the caller's trace instead of as a nested jit. For ``jax.vjp`` of a network inside a compiled
-    program: a nested jit is traced to a jaxpr first and then linearized, which traces every
-    ``custom_vjp`` twice (its primal, then its forward rule); inline, only the forward rule is
-    traced (DPS's program on the bundled model: ~0.2 s less tracing). Use it only inside a
-    trace: under an eager ``jax.vjp`` the body would run op by op."""
-    token = _INLINE.set(True)
-    try:
-        yield
-    finally:
-        _INLINE.reset(token)
-
-
 def jit(fun: Callable, **jit_kwargs: Any) -> Callable:
     """``jax.jit(fun, **jit_kwargs)`` compiled with :func:`compiler_options` when called at the
     top level. JAX refuses compiler options on a jit inside another transformation, so a call
@@ -104,7 +85,7 @@ def jit(fun: Callable, **jit_kwargs: Any) -> Callable:
     Not inline: under an eager ``jax.vmap`` or ``jax.grad`` the body would then run op by op
     (the studies' checkpointed runs took 10 s longer each); under ``jax.vjp`` inside a jit,
     inlining traced DPS's program ~0.2 s faster. Top-level calls run with the garbage collector
-    paused (:func:`gc_paused`); see :func:`inline` for the one case that runs inline."""
+    paused (:func:`gc_paused`)."""
     plain = jax.jit(fun, **jit_kwargs)
     top: list[Callable] = []
 
@@ -119,7 +100,7 @@ def jit(fun: Callable, **jit_kwargs: Any) -> Callable:
     @functools.wraps(fun)
     def call(*args: Any, **kwargs: Any) -> Any:
         if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((args, kwargs))):
-            return fun(*args, **kwargs) if _INLINE.get() else plain(*args, **kwargs)
+            return plain(*args, **kwargs)
         with gc_paused():
             return top_level()(*args, **kwargs)
 

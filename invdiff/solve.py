@@ -12,7 +12,6 @@ them — like a new y, mask, key or label — reuses the compiled program.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import warnings
 from collections.abc import Callable
@@ -166,10 +165,7 @@ def denoise_vjp(problem: Problem, x: Array, tr: Step) -> tuple[Array, Array, Arr
         eps = eps.astype(x_.dtype)
         return noise.x0_from_eps(x_, eps, tr.abar_t, tr.omab_t), (eps, v)
 
-    # inside the compiled walk, the network is traced inline (compiler.inline: its custom VJPs
-    # are traced once, not twice); called eagerly, it stays one compiled program
-    with compiler.inline() if isinstance(x, jax.core.Tracer) else contextlib.nullcontext():
-        x0, vjp_fn, (eps, v) = jax.vjp(f, x, has_aux=True)
+    x0, vjp_fn, (eps, v) = jax.vjp(f, x, has_aux=True)
     x0, eps = _clip(problem, x, x0, eps, tr)
     return eps, x0, v, lambda g: vjp_fn(g)[0]
 

@@ -3,8 +3,6 @@ XLA_FLAGS and to INVDIFF_XLA_OPTIONS=0, and never changing what a program comput
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,20 +70,3 @@ def test_top_level_calls_pause_the_garbage_collector_and_restore_it():
         assert not gc.isenabled()  # a collector the caller paused stays paused
     finally:
         gc.enable()
-
-
-def test_inline_traces_the_body_into_the_callers_trace_with_the_same_result():
-    wrapped = compiler.jit(lambda x: jnp.sin(x) * x)
-
-    def value_and_vjp(x, inlined):
-        with compiler.inline() if inlined else contextlib.nullcontext():
-            y, vjp = jax.vjp(wrapped, x)
-        return y, vjp(jnp.ones_like(x))[0]
-
-    x = jnp.linspace(0.0, 1.0, 5)
-    nested = str(jax.make_jaxpr(lambda x: value_and_vjp(x, False))(x))
-    inlined = str(jax.make_jaxpr(lambda x: value_and_vjp(x, True))(x))
-    assert "jit[" in nested and "jit[" not in inlined
-    for a, b in zip(jax.jit(lambda x: value_and_vjp(x, True))(x), value_and_vjp(x, False), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6)
-    assert not compiler._INLINE.get()  # only within the block
