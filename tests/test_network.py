@@ -462,7 +462,7 @@ def test_prepared_params_give_the_same_bits_and_never_go_stale():
     from invdiff import compiler
     from invdiff.nets import adm
 
-    model = _tiny(image_size=8, channel_mult="1,1", attention_resolutions="")  # one up ResBlock
+    model = _tiny(image_size=8, channel_mult="1", attention_resolutions="")
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     t, lab = jnp.array([999, 10]), jnp.array([3, 9])
     w = jax.random.normal(jax.random.key(2), x.shape)
@@ -470,9 +470,8 @@ def test_prepared_params_give_the_same_bits_and_never_go_stale():
     prepared = model.with_prepared(vjp=True)
     n_conv = sum(np.ndim(a) == 4 for a in jax.tree.leaves(model.params))
     n_norm = sum(p[-1].key == "scale" for p, _ in jax.tree_util.tree_leaves_with_path(model.params))
-    # bias / 2, and the upsampling convolution's phase kernel
-    assert len(jax.tree.leaves(model.with_prepared().prepared)) == n_norm + 1 > 1
-    assert len(jax.tree.leaves(prepared.prepared)) == n_norm + 1 + n_conv
+    assert len(jax.tree.leaves(model.with_prepared().prepared)) == n_norm > 0  # bias / 2 only
+    assert len(jax.tree.leaves(prepared.prepared)) == n_norm + n_conv > n_norm
     assert model.prepared is None and prepared.with_prepared(vjp=True) is prepared
     assert model.with_prepared(vjp=True).prepared is prepared.prepared  # cached per parameter set
     for a, b in zip(out_and_grad(prepared, x), out_and_grad(model, x), strict=True):
@@ -624,6 +623,12 @@ def test_upsampling_convs_names_every_upsampling_convolution(updown):
                                                  capture_intermediates=is_up, mutable=["intermediates"]), params)
     found = {p for p, _ in unet._paths(jax.tree.map(lambda a: 0, seen["intermediates"]), "__call__")}
     assert found == set(net.upsampling_convs()) and len(found) == 2
+    # with_prepared gives exactly those their phase kernels (numpy; nothing compiled)
+    rng = np.random.default_rng(0)
+    model = ADMModel.create(cfg, jax.tree.map(lambda a: rng.normal(size=a.shape).astype(np.float32), params))
+    for vjp in (False, True):
+        prepared = jax.tree.map(np.asarray, model.with_prepared(vjp=vjp).prepared)
+        assert {p for p, _ in unet._paths(prepared, "kernel_up")} == found
     with pytest.raises(ValueError, match="no convolution kernel at the upsampling paths"):
         unet.prepare_params({}, upsampling=[("nowhere", "conv")])
 
@@ -632,7 +637,7 @@ def test_upsampling_convs_names_every_upsampling_convolution(updown):
 def test_upsampling_conv_equals_upsample_then_conv(size):
     """``Conv2d(upsample=True)`` (four 2x2 convolutions of the small image) equals a 3x3 conv
     of the nearest-neighbour upsampled image, values and both gradients."""
-    from invdiff.nets.conv import Conv2d
+    from invdiff.nets.conv import PREPARED, Conv2d, flip_kernel, phase_kernel
 
     x = jax.random.normal(jax.random.key(0), (2, *size, 6))
     params = Conv2d(7, 3).init(jax.random.key(1), x)
@@ -645,5 +650,13 @@ def test_upsampling_conv_equals_upsample_then_conv(size):
     grads = [jax.jit(jax.grad(lambda p, x, f=f: jnp.sum(w * f(p, x)), (0, 1)))(params, x) for f in (ours, ref)]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # the phase kernel and its flip prepared with numpy (prepare_params): the same bits
+    k = np.asarray(params["params"]["kernel"])
+    np.testing.assert_array_equal(phase_kernel(k), phase_kernel(jnp.asarray(k)))
+    prepared = {"params": params["params"], PREPARED: {"kernel_up": phase_kernel(k),
+                                                       "kernel_t": flip_kernel(phase_kernel(k))}}
+    value_and_grad = jax.jit(jax.value_and_grad(lambda v, x: jnp.sum(w * ours(v, x)), 1))
+    for a, b in zip(value_and_grad(prepared, x), value_and_grad(params, x), strict=True):
+        np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="3x3 stride-1"):
         Conv2d(7, 3, strides=2, upsample=True).init(jax.random.key(1), x)
