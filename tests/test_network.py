@@ -621,14 +621,16 @@ def test_upsampling_convs_names_every_upsampling_convolution(updown):
     is_up = lambda m, _: isinstance(m, Conv2d) and m.upsample
     _, seen = jax.eval_shape(lambda p: net.apply({"params": p}, jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,)),
                                                  capture_intermediates=is_up, mutable=["intermediates"]), params)
-    found = {p for p, _ in unet._paths(jax.tree.map(lambda a: 0, seen["intermediates"]), "__call__")}
+    # sow keeps each output as a tuple: one leaf per module
+    found = unet._holders(jax.tree.map(lambda a: 0, seen["intermediates"], is_leaf=lambda v: isinstance(v, tuple)),
+                         "__call__")
     assert found == set(net.upsampling_convs()) and len(found) == 2
     # with_prepared gives exactly those their phase kernels (numpy; nothing compiled)
     rng = np.random.default_rng(0)
     model = ADMModel.create(cfg, jax.tree.map(lambda a: rng.normal(size=a.shape).astype(np.float32), params))
     for vjp in (False, True):
         prepared = jax.tree.map(np.asarray, model.with_prepared(vjp=vjp).prepared)
-        assert {p for p, _ in unet._paths(prepared, "kernel_up")} == found
+        assert unet._holders(prepared, "kernel_up") == found
     with pytest.raises(ValueError, match="no convolution kernel at the upsampling paths"):
         unet.prepare_params({}, upsampling=[("nowhere", "conv")])
 

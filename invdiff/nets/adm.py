@@ -25,7 +25,14 @@ from flax import struct
 from invdiff import compiler
 from invdiff.model import Model
 from invdiff.nets.conv import PREPARED
-from invdiff.nets.unet import UNet, attention_ds, default_channel_mult, flax_module_to_torch, prepare_params
+from invdiff.nets.unet import (
+    UNet,
+    _holders,
+    attention_ds,
+    default_channel_mult,
+    flax_module_to_torch,
+    prepare_params,
+)
 from invdiff.noise import NoiseSchedule
 
 Array = jax.Array
@@ -259,7 +266,7 @@ def _same_leaves(refs: list, leaves: list) -> bool:
 
 
 def _has_kernel_t(tree: Any) -> bool:
-    return any(getattr(p[-1], "key", None) == "kernel_t" for p, _ in jax.tree_util.tree_leaves_with_path(tree))
+    return bool(_holders(tree, "kernel_t"))
 
 
 def _dtype_key(dtype: Any) -> Any:

@@ -294,18 +294,16 @@ def prepare_params(params: Any, *, vjp: bool = False, upsampling: Sequence[tuple
             visit(child, path + (key,))
 
     visit(params, ())
-    if missing := up - {p for p, _ in _paths(out, "kernel_up")}:
+    if missing := up - _holders(out, "kernel_up"):
         raise ValueError(f"prepare_params: no convolution kernel at the upsampling paths {sorted(missing)}")
     return out
 
 
-def _paths(tree: Mapping, leaf: str, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
-    """(path, value) of every ``leaf`` key in a nested dict."""
-    found = [(path, tree[leaf])] if leaf in tree else []
-    for key, child in tree.items():
-        if isinstance(child, Mapping):
-            found += _paths(child, leaf, path + (key,))
-    return found
+def _holders(tree: Any, leaf: str) -> set[tuple[str, ...]]:
+    """The paths of the modules (nested dict keys) in a variable tree that hold a leaf named
+    ``leaf`` (e.g. ``_holders(prepared, "kernel_t")``)."""
+    return {tuple(k.key for k in p[:-1]) for p, _ in jax.tree_util.tree_leaves_with_path(tree)
+            if getattr(p[-1], "key", None) == leaf}
 
 
 def silu(x: Array) -> Array:
