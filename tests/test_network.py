@@ -662,3 +662,26 @@ def test_upsampling_conv_equals_upsample_then_conv(size):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="3x3 stride-1"):
         Conv2d(7, 3, strides=2, upsample=True).init(jax.random.key(1), x)
+
+
+def test_large_cpu_batches_run_in_chunks_with_the_same_values(monkeypatch):
+    """On a single-device CPU, a batch whose activations exceed ``CPU_CHUNK_ELEMENTS`` runs as a
+    loop over chunks (the largest divisor of B that fits, at least 1): each sample's output is
+    that of its chunk run on its own, within float rounding."""
+    from invdiff.nets import adm
+
+    per = 8 * 8 * 32  # H x W x num_channels of the model below
+    monkeypatch.setattr(adm, "CPU_CHUNK_ELEMENTS", 2 * per)
+    assert [adm.cpu_chunk((b, 8, 8, 3), 32) for b in (1, 2, 3, 6, 7)] == [1, 2, 1, 2, 1]
+    with monkeypatch.context() as m:
+        m.setattr(jax, "device_count", lambda: 4)  # several devices: the batch stays whole
+        assert adm.cpu_chunk((6, 8, 8, 3), 32) == 6
+    model = _tiny(image_size=8, channel_mult="1", attention_resolutions="").with_prepared()
+    x = jax.random.normal(jax.random.key(1), (6, 8, 8, 3))
+    t, lab = jnp.arange(6) * 150, jnp.arange(6)
+    traced = jax.jit(model.raw).trace(x, t, lab)
+    assert "scan" in str(traced.jaxpr)  # the loop over chunks
+    out = traced.lower().compile()(x, t, lab)
+    for i in range(0, 6, 2):  # the chunks run as batches of 2 (no loop)
+        np.testing.assert_allclose(out[i:i + 2], model.raw(x[i:i + 2], t[i:i + 2], lab[i:i + 2]), rtol=1e-5,
+                                   atol=1e-5)
