@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from vs_torch import MODELS, invdiff_model  # noqa: E402
+from vs_torch import MODELS, invdiff_model, invdiff_programs  # noqa: E402
 
 from invdiff import compiler  # noqa: E402
 
@@ -136,26 +136,18 @@ def _median_time(fn, args, n: int = 5) -> float:
 
 def profile(model_name: str, batch: int, mode: str, repeats: int, top: int) -> dict:
     model = invdiff_model(model_name)
-    prepared = model.with_prepared(vjp=mode != "fwd")
+    cfg = model.config
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((batch, model.config.image_size, model.config.image_size,
-                                         model.config.in_channels)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((batch, cfg.image_size, cfg.image_size, cfg.in_channels)), jnp.float32)
     t = jnp.full((batch,), 500, jnp.int32)
-    label = jnp.zeros((batch,), jnp.int32) if model.config.class_cond else None
-
-    def raw(x):
-        return prepared.raw(x, t, label)
-
+    label = jnp.zeros((batch,), jnp.int32) if cfg.class_cond else None
+    # as solve prepares the model: the input gradient's kernels only for programs with a VJP
+    fwd, fwd_vjp = invdiff_programs(model, t, label, vjp=mode != "fwd")
     if mode == "fwd":
-        fn, args = compiler.jit(raw), (x,)
+        fn, args = fwd, (x,)
     else:
-        g = jnp.asarray(rng.standard_normal(jax.eval_shape(raw, x).shape), jnp.float32)
-
-        def fwd_vjp(x, g):
-            out, vjp = jax.vjp(raw, x)
-            return out, vjp(g)[0]
-
-        fn, args = compiler.jit(fwd_vjp), (x, g)
+        g = jnp.asarray(rng.standard_normal(x.shape[:3] + (cfg.out_channels,)), jnp.float32)
+        fn, args = fwd_vjp, (x, g)
     hlo = fn.lower(*args).compile().as_text()
     flops, desc, kind = conv_flops(hlo)
     call_s = _median_time(fn, args)

@@ -138,6 +138,23 @@ def torch_model(gd_path: Path, model: ADMModel) -> Any:
     return net
 
 
+def invdiff_programs(model: ADMModel, t: jax.Array, label: jax.Array | None,
+                     vjp: bool = True) -> tuple[Callable, Callable]:
+    """invdiff's forward ``x -> out`` and forward + VJP ``(x, g) -> (out, dx)``, compiled as
+    ``solve`` compiles them (``invdiff.compiler.jit``), on the model as ``solve`` passes it: with
+    the parameter-only quantities precomputed (``ADMModel.with_prepared(vjp=vjp)``)."""
+    prepared = model.with_prepared(vjp=vjp) if hasattr(model, "with_prepared") else model
+
+    def raw(x: jax.Array) -> jax.Array:
+        return prepared.raw(x, t, label)
+
+    def fwd_vjp(x: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out, f = jax.vjp(raw, x)
+        return out, f(g)[0]
+
+    return compiler.jit(raw), compiler.jit(fwd_vjp)
+
+
 class Case:
     """One model at one batch size: inputs and the four callables, checked for agreement."""
 
@@ -155,16 +172,7 @@ class Case:
         self.x, self.g = jnp.asarray(x), jnp.asarray(g)
         tj = jnp.asarray(t, jnp.int32)
         yj = None if y is None else jnp.asarray(y, jnp.int32)
-        # as solve runs it: with the parameter-only quantities precomputed (ADMModel.with_prepared)
-        prepared = model.with_prepared(vjp=True) if hasattr(model, "with_prepared") else model
-        raw = lambda x: prepared.raw(x, tj, yj)
-        self.jax_fwd = compiler.jit(raw)
-
-        def fwd_vjp(x, g):
-            out, vjp = jax.vjp(raw, x)
-            return out, vjp(g)[0]
-
-        self.jax_vjp = compiler.jit(fwd_vjp)
+        self.jax_fwd, self.jax_vjp = invdiff_programs(model, tj, yj)
 
         self.xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
         self.gt = torch.from_numpy(g.transpose(0, 3, 1, 2).copy())
