@@ -142,12 +142,12 @@ def profile(model_name: str, batch: int, mode: str, repeats: int, top: int) -> d
     t = jnp.full((batch,), 500, jnp.int32)
     label = jnp.zeros((batch,), jnp.int32) if cfg.class_cond else None
     # as solve prepares the model: the input gradient's kernels only for programs with a VJP
-    fwd, fwd_vjp = invdiff_programs(model, t, label, vjp=mode != "fwd")
+    fwd, fwd_vjp, rest = invdiff_programs(model, t, label, vjp=mode != "fwd")
     if mode == "fwd":
-        fn, args = fwd, (x,)
+        fn, args = fwd, (x, *rest)
     else:
         g = jnp.asarray(rng.standard_normal(x.shape[:3] + (cfg.out_channels,)), jnp.float32)
-        fn, args = fwd_vjp, (x, g)
+        fn, args = fwd_vjp, (x, g, *rest)
     hlo = fn.lower(*args).compile().as_text()
     flops, desc, kind = conv_flops(hlo)
     call_s = _median_time(fn, args)
@@ -206,8 +206,9 @@ def main() -> None:
 
     md = [f"# The ADM network's CPU time by XLA:CPU thunk — {res['machine']}", "",
           f"- jax {res['jax']}, {res['date']}; command: `{res['command']}`",
-          "- compiled as `solve` compiles it (invdiff's XLA options, `with_prepared`); thunk times summed over "
-          f"threads, per call, from a `jax.profiler` trace of {a.repeats} calls; GFLOP counted from the HLO shapes", ""]
+          "- compiled as `solve` compiles it (invdiff's XLA options, `with_prepared`, weights as arguments); "
+          f"thunk times summed over threads, per call, from a `jax.profiler` trace of {a.repeats} calls; "
+          "GFLOP counted from the HLO shapes", ""]
     for p in res["profiles"]:
         md += [f"## {p['model']}, batch {p['batch']}, {p['mode']}: {1e3 * p['call_s']:.0f} ms per call "
                "(median of 5)", "",

@@ -25,7 +25,8 @@ What is timed, per model and batch (1, 4, 16 by default):
 
 invdiff's side is compiled as invdiff compiles its own programs (``invdiff.compiler.jit``, the
 wrapper of ``solve``: XLA:CPU options of :mod:`invdiff.compiler`), on the model as ``solve``
-passes it (``ADMModel.with_prepared(vjp=True)``), so it times what a solver's loop runs.
+passes it (``ADMModel.with_prepared(vjp=True)``), with the weights as arguments of the
+program (not constants), so it times what a solver's loop runs.
 ``INVDIFF_XLA_OPTIONS=0`` times plain ``jax.jit`` instead.
 
 Both sides run interleaved in one process: every repeat times invdiff, then torch at each
@@ -139,20 +140,24 @@ def torch_model(gd_path: Path, model: ADMModel) -> Any:
 
 
 def invdiff_programs(model: ADMModel, t: jax.Array, label: jax.Array | None,
-                     vjp: bool = True) -> tuple[Callable, Callable]:
-    """invdiff's forward ``x -> out`` and forward + VJP ``(x, g) -> (out, dx)``, compiled as
-    ``solve`` compiles them (``invdiff.compiler.jit``), on the model as ``solve`` passes it: with
-    the parameter-only quantities precomputed (``ADMModel.with_prepared(vjp=vjp)``)."""
+                     vjp: bool = True) -> tuple[Callable, Callable, tuple]:
+    """invdiff's forward ``(x, *rest) -> out`` and forward + VJP ``(x, g, *rest) -> (out, dx)``,
+    compiled as ``solve`` compiles them (``invdiff.compiler.jit``), and ``rest``: the model as
+    ``solve`` passes it (``ADMModel.with_prepared(vjp=vjp)``), t and the labels. These are
+    arguments of the programs, as in ``solve``'s loop, not constants compiled into them: XLA:CPU
+    runs some programs faster with constant weights (the bundled model's forward + VJP at batch
+    16: 0.8x the time), which a solver never gets."""
     prepared = model.with_prepared(vjp=vjp) if hasattr(model, "with_prepared") else model
 
-    def raw(x: jax.Array) -> jax.Array:
-        return prepared.raw(x, t, label)
+    def fwd(x: jax.Array, m: Any, t: jax.Array, label: jax.Array | None) -> jax.Array:
+        return m.raw(x, t, label)
 
-    def fwd_vjp(x: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out, f = jax.vjp(raw, x)
+    def fwd_vjp(x: jax.Array, g: jax.Array, m: Any, t: jax.Array,
+                label: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        out, f = jax.vjp(lambda x: m.raw(x, t, label), x)
         return out, f(g)[0]
 
-    return compiler.jit(raw), compiler.jit(fwd_vjp)
+    return compiler.jit(fwd), compiler.jit(fwd_vjp), (prepared, t, label)
 
 
 class Case:
@@ -172,7 +177,9 @@ class Case:
         self.x, self.g = jnp.asarray(x), jnp.asarray(g)
         tj = jnp.asarray(t, jnp.int32)
         yj = None if y is None else jnp.asarray(y, jnp.int32)
-        self.jax_fwd, self.jax_vjp = invdiff_programs(model, tj, yj)
+        fwd, fwd_vjp, rest = invdiff_programs(model, tj, yj)
+        self.jax_fwd = lambda x: fwd(x, *rest)
+        self.jax_vjp = lambda x, g: fwd_vjp(x, g, *rest)
 
         self.xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
         self.gt = torch.from_numpy(g.transpose(0, 3, 1, 2).copy())
