@@ -249,23 +249,38 @@ def _apply_unet(params: Any, x: Array, t: Array, label: Array | None, prepared: 
 #: The most activations (batch x height x width x ``num_channels``) one network pass takes on a
 #: single-device CPU; larger batches run as a loop over chunks of the batch (:func:`cpu_chunk`).
 CPU_CHUNK_ELEMENTS = 4 * 64 * 64 * 128
+#: From batch ``2 * CPU_CHUNK_SAMPLES`` on, a CPU pass takes at most this many samples.
+CPU_CHUNK_SAMPLES = 8
 
 
 def cpu_chunk(x_shape: tuple[int, ...], num_channels: int) -> int:
-    """Samples per network pass: the whole batch, except on a single-device CPU backend where
-    ``B x H x W x num_channels`` exceeds :data:`CPU_CHUNK_ELEMENTS`; then the largest divisor of
-    B within it (at least 1). The UNet treats samples independently: the values are the same up
-    to float rounding (relative 2e-6 on a 128-channel ADM). XLA:CPU's (YNNPACK's) convolutions
-    run 20-25 % slower per sample once their activations outgrow the caches (a 3x3 128->128
-    convolution at 64x64: 160-180 GFLOP/s at batch 1 and 4, 130-140 at batch 16 on a 2-core AMD
-    EPYC; ``benchmarks/cpu_fusions.py``). The 128-channel ADM at 64x64 and batch 16, in chunks of
-    4: forward 6.4 -> 5.5 s, forward + VJP 14.9 -> 13.4 s. With several devices the batch stays
-    whole (it may be sharded across them)."""
+    """Samples per network pass: the whole batch, except on a single-device CPU backend, where a
+    pass takes the largest divisor of B (at least 1) such that
+
+    * ``chunk x H x W x num_channels`` is within :data:`CPU_CHUNK_ELEMENTS`, and
+    * from batch 16 (``2 * CPU_CHUNK_SAMPLES``) on, ``chunk`` <= :data:`CPU_CHUNK_SAMPLES`.
+
+    The UNet treats samples independently: the values are the same up to float rounding
+    (relative 2e-6 on a 128-channel ADM). Measured on a 2-core AMD EPYC (jax 0.10.2):
+
+    * XLA:CPU's (YNNPACK's) convolutions run 20-25 % slower per sample once their activations
+      outgrow the caches (a 3x3 128->128 convolution at 64x64: 160-180 GFLOP/s at batch 1 and 4,
+      130-140 at batch 16; ``benchmarks/cpu_fusions.py``). The 128-channel ADM at 64x64 and batch
+      16, in chunks of 4: forward 6.4 -> 5.5 s, forward + VJP 14.9 -> 13.4 s.
+    * The bundled model (32 channels) ran its 64x64 fusions 2-3.5x slower per sample at batch 16
+      and 32 than at 12, with both cores busy only ~75 % of the time; batches of 12, 20 and 24
+      were not slow. The cause is inside XLA:CPU; chunks of 8 avoid it. DPS, 5 steps at batch
+      16: 6.8 -> 5.7 s and 7.2 -> 6.0 s (two runs); DDNM, 10 steps at 16: 4.8 -> 4.1-4.3 s; DPS, 3
+      steps at 32: 8.0 -> 6.2 s. At 20 (chunks of 5) and 24 (of 8): 4.1 s either way and 4.7 ->
+      5.0 s (scratch scripts, one process each).
+
+    With several devices the batch stays whole (it may be sharded across them)."""
     b, h, w = x_shape[:3]
-    per = h * w * num_channels
-    if b * per <= CPU_CHUNK_ELEMENTS or jax.default_backend() != "cpu" or jax.device_count() != 1:
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:
         return b
-    return max(d for d in range(1, b + 1) if b % d == 0 and (d == 1 or d * per <= CPU_CHUNK_ELEMENTS))
+    per = h * w * num_channels
+    cap = CPU_CHUNK_SAMPLES if b >= 2 * CPU_CHUNK_SAMPLES else b
+    return max(d for d in range(1, cap + 1) if b % d == 0 and (d == 1 or d * per <= CPU_CHUNK_ELEMENTS))
 
 
 _apply = compiler.jit(_apply_unet, static_argnames=("config", "dtype", "precision", "debug"))
