@@ -30,6 +30,26 @@ def test_bundled_model_loads_offline(model):
     assert bool(jnp.all(jnp.isfinite(eps))) and bool(jnp.all(jnp.isfinite(v)))
 
 
+def test_loading_the_bundled_model_compiles_no_program():
+    """Every process that restores (the demo, each CLI call) loads the model first: its
+    parameters go to the device without a compiled program per shape (``jnp.asarray`` of a
+    numpy array compiled one each: 48, ~0.5 s)."""
+    compiles = []
+
+    def listener(name: str, secs: float, **kw) -> None:
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(secs)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        loaded = invdiff.load_model("emoji64")
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+    leaves = jax.tree.leaves(loaded.params)
+    assert len(leaves) > 100 and all(isinstance(a, jax.Array) and a.dtype == jnp.float32 for a in leaves)
+
+
 def test_bundled_model_denoises_better_than_the_noisy_input(model):
     x, labels, _ = bundled_samples()
     x0 = jnp.asarray(x[:4])

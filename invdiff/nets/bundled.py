@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invdiff.nets.adm import ADMConfig, ADMModel
+from invdiff.nets.adm import ADMConfig, ADMModel, device_params
 
 PARAMS_FILE = "params.npz"
 META_FILE = "model.json"
@@ -64,5 +64,5 @@ def load_npz(directory: str | os.PathLike[str], dtype: Any = jnp.float32) -> ADM
     meta = json.loads((d / META_FILE).read_text())
     config = ADMConfig.from_flags(**meta["config"])
     with np.load(d / PARAMS_FILE, allow_pickle=False) as z:
-        params = _unflatten({k: jnp.asarray(z[k]) for k in z.files})
+        params = device_params(_unflatten({k: z[k] for k in z.files}))
     return ADMModel.create(config, params, dtype=dtype)

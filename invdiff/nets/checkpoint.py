@@ -18,11 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invdiff.nets.adm import ADMConfig, ADMModel, abstract_params
+from invdiff.nets.adm import ADMConfig, ADMModel, abstract_params, device_params
 from invdiff.nets.presets import PRESET_FILES, PRESETS, preset_flags
 from invdiff.nets.torch_pickle import CheckpointFormatError, UnsafeCheckpointError, load_pt
 from invdiff.nets.unet import flax_to_torch_key
@@ -306,7 +305,7 @@ def save_model(model: ADMModel, directory: str | os.PathLike[str], *,
         if not overwrite:
             raise FileExistsError(f"{d} exists and is not empty: pass overwrite=True to replace it")
     d.mkdir(parents=True, exist_ok=True)
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), model.params)
+    params = device_params(model.params)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(d / PARAMS_DIR, params, force=overwrite)
     ckptr.wait_until_finished()
@@ -355,7 +354,7 @@ def _load_orbax(directory: Path, dtype: Any, flags: Mapping[str, Any]) -> ADMMod
             f"{directory} does not match its own config {_describe(config)}: missing "
             f"{_fmt_list(missing)}; unexpected {_fmt_list(unexpected)}; shapes {_fmt_list(shapes)}"
         )
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), restored)
+    params = device_params(restored)
     return ADMModel.create(config, params, dtype)
 
 
@@ -419,5 +418,5 @@ def load_model(path_or_name: str | os.PathLike[str], preset: str | None = None,
     config = ADMConfig.from_flags(**cfg_flags)
     sd = load_state_dict(p)
     params = torch_to_flax(sd, config, source=str(p))
-    params = jax.tree.map(jnp.asarray, params)
+    params = device_params(params, None)
     return ADMModel.create(config, params, dtype)
