@@ -30,7 +30,11 @@ program (not constants), so it times what a solver's loop runs.
 ``INVDIFF_XLA_OPTIONS=0`` times plain ``jax.jit`` instead.
 
 Both sides run interleaved in one process: every repeat times invdiff, then torch at each
-thread count (``torch.set_num_threads``: 1 and 2 by default), in alternating order. The
+thread count (``torch.set_num_threads``: 1 and 2 by default), in alternating order. Below
+batch 16, each timed call follows ``--settle`` (default 1) untimed calls of the same side:
+after a call, torch's OpenMP workers and XLA:CPU's pool spin for a while before sleeping,
+and took cores from the other side's next call (a 3x3 convolution, 128 channels at 64x64,
+batch 4: invdiff 34 ms right after torch's, 26 ms with torch's OpenMP threads passive). The
 figure is the ratio invdiff / torch eager at torch's best thread count (the lowest median),
 of the medians, with the minima beside them. XLA:CPU runs on its own intra-op thread pool
 (one thread per visible core); invdiff sets no thread option.
@@ -223,9 +227,13 @@ class Case:
 # Interleaved timing.
 
 
-def interleaved(fns: dict[str, tuple[Callable[[], Any], int | None]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each ``name -> (fn, torch threads or None)``, one call of each per
-    repeat, the order reversed every other repeat; one untimed warm-up call each."""
+def interleaved(fns: dict[str, tuple[Callable[[], Any], int | None]], repeats: int,
+                settle: int = 0) -> dict[str, list[float]]:
+    """Seconds per call of each ``name -> (fn, torch threads or None)``, one timed call of each
+    per repeat, the order reversed every other repeat; one untimed warm-up call each. With
+    ``settle``, each timed call follows that many untimed calls of the same function: the
+    other runtime's threads spin for a while after its call (torch's OpenMP workers, XLA:CPU's
+    pool) and would take cores from the first call after a switch."""
     import torch
 
     def run(fn: Callable[[], Any], threads: int | None) -> float:
@@ -241,6 +249,8 @@ def interleaved(fns: dict[str, tuple[Callable[[], Any], int | None]], repeats: i
     names = list(fns)
     for r in range(repeats):
         for k in names if r % 2 == 0 else names[::-1]:
+            for _ in range(settle):
+                run(*fns[k])
             times[k].append(run(*fns[k]))
     return times
 
@@ -250,9 +260,9 @@ def _stats(ts: list[float]) -> dict[str, float]:
 
 
 def compare(jax_fn: Callable[[], Any], torch_fn: Callable[[], Any], threads: list[int],
-            repeats: int) -> dict[str, Any]:
+            repeats: int, settle: int = 0) -> dict[str, Any]:
     fns = {"invdiff": (jax_fn, None), **{f"torch{n}": (torch_fn, n) for n in threads}}
-    times = interleaved(fns, repeats)
+    times = interleaved(fns, repeats, settle)
     stats = {k: _stats(v) for k, v in times.items()}
     best = min(threads, key=lambda n: stats[f"torch{n}"]["median_ms"])
     tb = stats[f"torch{best}"]
@@ -434,7 +444,10 @@ def write_results(result: dict[str, Any], tag: str | None) -> Path:
         + "both sides ran interleaved in one process, so load affects them alike; "
         "compare rows of this file only",
         f"- {meta['repeats']} timed repeats per cell after one warm-up call (batch 16: "
-        f"{meta['repeats_large']}); ms per call: median (min); ratio = invdiff / torch at its best "
+        f"{meta['repeats_large']})"
+        + (f", each after {meta['settle']} untimed call(s) of the same side below batch 16 (the other runtime's "
+           "threads spin after its calls)" if meta.get("settle") else "")
+        + "; ms per call: median (min); ratio = invdiff / torch at its best "
         "thread count (lowest median), of medians (of minima)",
         "- before timing, outputs and input gradients agreed to the relative error shown "
         f"(limit {TOLERANCE:g})", "",
@@ -470,6 +483,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--torch-threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=30, help="timed repeats per cell")
     ap.add_argument("--repeats-large", type=int, default=10, help="timed repeats at batch >= 16")
+    ap.add_argument("--settle", type=int, default=1,
+                    help="untimed calls of the same side before each timed one, at batch < 16 (0: none)")
     ap.add_argument("--layers", action="store_true", help="also time each layer type on its own")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args(argv)
@@ -490,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
             for mode, (jf, tf) in case.callables().items():
                 if mode not in modes:
                     continue
-                r = compare(jf, tf, threads, reps)
+                r = compare(jf, tf, threads, reps, args.settle if batch < 16 else 0)
                 r.update(model=name, batch=batch, mode=mode,
                          agreement=case.out_rel if mode == "fwd" else max(case.out_rel, case.dx_rel))
                 rows.append(r)
@@ -503,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
                     for mode, (jf, tf) in layer_callables(entry).items():
                         if mode not in modes:
                             continue
-                        r = compare(jf, tf, threads, reps)
+                        r = compare(jf, tf, threads, reps, args.settle if batch < 16 else 0)
                         r.update(model=name, batch=batch, layer=layer, instances=n_inst, mode=mode)
                         layers.append(r)
                         print(f"  {layer} {mode}: ratio {r['ratio_median']:.2f}", flush=True)
@@ -514,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
                 torch_threads=threads, torch_interop_threads=torch.get_num_interop_threads(), thread_env=env,
                 load_before=load_before, load_after=load_after,
                 shared=max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1) + 1,
-                repeats=args.repeats, repeats_large=args.repeats_large, tolerance=TOLERANCE)
+                repeats=args.repeats, repeats_large=args.repeats_large, settle=args.settle, tolerance=TOLERANCE)
     path = write_results({"meta": meta, "rows": rows, "layers": layers}, args.tag)
     print(f"wrote {path} and .json")
 
