@@ -64,5 +64,5 @@ def load_npz(directory: str | os.PathLike[str], dtype: Any = jnp.float32) -> ADM
     meta = json.loads((d / META_FILE).read_text())
     config = ADMConfig.from_flags(**meta["config"])
     with np.load(d / PARAMS_FILE, allow_pickle=False) as z:
-        params = device_params(_unflatten({k: z[k] for k in z.files}))
+        params = device_params(_unflatten({k: z[k] for k in z.files}), None)
     return ADMModel.create(config, params, dtype=dtype)
