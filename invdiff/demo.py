@@ -88,6 +88,18 @@ def column_names(task: Task, n: int) -> list[str]:
 OUTPUT_FILES = ("grid.png", "results.md", "results.csv")
 
 
+@jax.jit
+def _scores(op: Any, x: jax.Array, ref: jax.Array, y: jax.Array, mask: jax.Array | None) -> tuple:
+    """PSNR and SSIM (of x clipped to [-1, 1]), consistency, and the MSE outside the mask (None
+    without one), per image: one compiled program per task, where the metrics called op by op
+    compiled a small program per operation and shape."""
+    from invdiff import metrics
+
+    xc = jnp.clip(x, -1, 1)
+    outside = None if mask is None else metrics.outside_mask_mse(x, ref, mask)
+    return metrics.psnr(xc, ref), metrics.ssim(xc, ref), metrics.consistency(op, x, y), outside
+
+
 def run_demo(out: str | Path = "invdiff-demo", full: bool = False, images: int = 2, seed: int = 0,
              model: Any = None, solvers: list[str] | None = None, progress: bool = True,
              label: int | None = None, steps: int | None = None, overwrite: bool = False) -> Path:
@@ -114,7 +126,6 @@ def _run_demo(out: Path, full: bool, images: int, seed: int, model: Any, solvers
               progress: bool, label: int | None, steps: int | None, stop: Any) -> Path:
     import invdiff
     import solvers as solver_registry
-    from invdiff import metrics
     from invdiff.images import atomic_write_bytes, grid, save_image
 
     names = solvers or list(DEMO_SETTINGS) + (list(FULL_EXTRA) if full else [])
@@ -164,11 +175,8 @@ def _run_demo(out: Path, full: bool, images: int, seed: int, model: Any, solvers
             seconds = time.perf_counter() - t0
             outputs[name].append(x)
             cols = column_names(task, images)
-            ps = np.asarray(metrics.psnr(jnp.asarray(np.clip(x, -1, 1)), jnp.asarray(task.x)))
-            ss = np.asarray(metrics.ssim(jnp.asarray(np.clip(x, -1, 1)), jnp.asarray(task.x)))
-            cons = np.asarray(metrics.consistency(task.op, jnp.asarray(x), y))
-            outside = (np.asarray(metrics.outside_mask_mse(jnp.asarray(x), jnp.asarray(task.x), jnp.asarray(task.mask)))
-                       if task.mask is not None else np.full(len(x), np.nan))
+            ps, ss, cons, outside = jax.device_get(_scores(task.op, sol.x, task.x, y, task.mask))
+            outside = np.full(len(x), np.nan) if outside is None else outside
             for col in dict.fromkeys(cols):
                 sel = np.asarray([c == col for c in cols])
                 rows.append(dict(solver=name, task=col, psnr=float(ps[sel].mean()), ssim=float(ss[sel].mean()),
