@@ -269,10 +269,11 @@ def cpu_chunk(x_shape: tuple[int, ...], num_channels: int) -> int:
       16, in chunks of 4: forward 6.4 -> 5.5 s, forward + VJP 14.9 -> 13.4 s.
     * The bundled model (32 channels) ran its 64x64 fusions 2-3.5x slower per sample at batch 16
       than at 12, and its forward + VJP ~25 % slower per sample at 16 and 32, with both cores
-      busy only ~75 % of the time; batches of 12, 20 and 24 were not slow. The cause is inside XLA:CPU; chunks of 8 avoid it. DPS, 5 steps at batch
-      16: 6.8 -> 5.7 s and 7.2 -> 6.0 s (two runs); DDNM, 10 steps at 16: 4.8 -> 4.1-4.3 s; DPS, 3
-      steps at 32: 8.0 -> 6.2 s. At 20 (chunks of 5) and 24 (of 8): 4.1 s either way and 4.7 ->
-      5.0 s (scratch scripts, one process each).
+      busy only ~75 % of the time; batches of 12, 20 and 24 were not slow. The cause is inside
+      XLA:CPU; chunks of 8 avoid it. DPS, 5 steps at batch 16: 6.8 -> 5.7 s and 7.2 -> 6.0 s
+      (two runs); DDNM, 10 steps at 16: 4.8 -> 4.1-4.3 s; DPS, 3 steps at 32: 8.0 -> 6.2 s. At
+      20 (chunks of 5) and 24 (of 8): 4.1 s either way and 4.7 -> 5.0 s (scratch scripts, one
+      process each).
 
     With several devices the batch stays whole (it may be sharded across them)."""
     b, h, w = x_shape[:3]
