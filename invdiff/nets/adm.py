@@ -496,9 +496,8 @@ def device_params(tree: Any, dtype: Any = jnp.float32) -> Any:
     (cast if needed). Loaders use it instead of ``jnp.asarray`` per leaf, which in jax 0.10
     compiles a small program per distinct shape: loading the bundled model compiled 48 of them
     (~0.5 s of each process's start-up)."""
-    host = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else np.asarray(a, dtype), tree)
-    return jax.tree.map(lambda a: a if dtype is None or a.dtype == dtype else a.astype(dtype),
-                        jax.device_put(host), is_leaf=lambda a: isinstance(a, jax.Array))
+    out = jax.device_put(jax.tree.map(lambda a: a if isinstance(a, jax.Array) else np.asarray(a, dtype), tree))
+    return out if dtype is None else jax.tree.map(lambda a: a if a.dtype == dtype else a.astype(dtype), out)
 
 
 def init_params(config: ADMConfig, key: Array) -> Any:
