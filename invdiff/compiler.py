@@ -29,6 +29,7 @@ import contextlib
 import functools
 import gc
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,11 +37,17 @@ import jax
 
 ENV = "INVDIFF_XLA_OPTIONS"
 
-_YNN_TYPES = ("INDIVIDUAL_DOT", "INDIVIDUAL_CONVOLUTION", "REDUCE", "ELTWISE")
+YNN_TYPES = ("INDIVIDUAL_DOT", "INDIVIDUAL_CONVOLUTION", "REDUCE", "ELTWISE")
+
+
+def ynn_fusion_types(*types: str) -> str:
+    """The value of ``xla_cpu_experimental_ynn_fusion_type`` for these :data:`YNN_TYPES`."""
+    return ",".join(f"LIBRARY_FUSION_TYPE_{t}" for t in types)
+
 
 #: XLA:CPU options used for invdiff's programs (see the module docstring).
 CPU_OPTIONS: dict[str, Any] = {
-    "xla_cpu_experimental_ynn_fusion_type": ",".join(f"LIBRARY_FUSION_TYPE_{t}" for t in _YNN_TYPES),
+    "xla_cpu_experimental_ynn_fusion_type": ynn_fusion_types(*YNN_TYPES),
     "xla_backend_optimization_level": 1,
     "xla_cpu_emitter_verification_level": 0,
 }
@@ -52,14 +59,46 @@ def enabled() -> bool:
 
 
 @functools.cache
-def compiler_options() -> dict[str, Any] | None:
-    """The options for the default backend: :data:`CPU_OPTIONS` on CPU minus any the user set
-    in ``XLA_FLAGS``; None elsewhere or when turned off. Read once, at the first compilation."""
+def compiler_options(overrides: tuple[tuple[str, Any], ...] = ()) -> dict[str, Any] | None:
+    """The options for the default backend: :data:`CPU_OPTIONS` updated by ``overrides`` ((name,
+    value) pairs, see :func:`prefer_options`) on CPU, minus any the user set in ``XLA_FLAGS``;
+    None elsewhere or when turned off. Read once, at the first compilation."""
     if not enabled() or jax.default_backend() != "cpu":
         return None
     user = os.environ.get("XLA_FLAGS", "")
-    opts = {k: v for k, v in CPU_OPTIONS.items() if f"--{k}" not in user}
+    opts = {k: v for k, v in {**CPU_OPTIONS, **dict(overrides)}.items() if f"--{k}" not in user}
     return opts or None
+
+
+#: id(array) -> (weak reference to it, option overrides): see prefer_options
+_PREFERRED: dict[int, tuple[weakref.ref, tuple[tuple[str, Any], ...]]] = {}
+
+
+def prefer_options(tree: Any, **overrides: Any) -> None:
+    """Make the programs of :func:`jit` that get any array of ``tree`` as an argument, at the top
+    level, compile with :data:`CPU_OPTIONS` updated by ``overrides``: for data whose programs
+    run faster with other options than the rest (``ADMModel.with_prepared``'s Winograd
+    kernels). Held by weak reference: forgotten with the arrays. Options in ``XLA_FLAGS`` still
+    win; :func:`enabled` still turns everything off."""
+    items = tuple(sorted(overrides.items()))
+
+    def forget(ref: weakref.ref, key: int) -> None:
+        if _PREFERRED.get(key, (None,))[0] is ref:
+            del _PREFERRED[key]
+
+    for a in jax.tree.leaves(tree):
+        _PREFERRED[id(a)] = (weakref.ref(a, functools.partial(forget, key=id(a))), items)
+
+
+def _overrides(leaves: list) -> tuple[tuple[str, Any], ...]:
+    if not _PREFERRED:
+        return ()
+    found: set = set()
+    for a in leaves:
+        entry = _PREFERRED.get(id(a))
+        if entry is not None and entry[0]() is a:
+            found.update(entry[1])
+    return tuple(sorted(found))
 
 
 @contextlib.contextmanager
@@ -89,27 +128,29 @@ def jit(fun: Callable, **jit_kwargs: Any) -> Callable:
     again (0.4-0.6 s on the bundled model), where the nested jit's trace and linearization are
     reused (0.03 s). Top-level calls run with the garbage collector paused (:func:`gc_paused`)."""
     plain = jax.jit(fun, **jit_kwargs)
-    top: list[Callable] = []
+    top: dict[tuple, Callable] = {}
 
-    def top_level() -> Callable:
-        opts = compiler_options()
+    def top_level(leaves: list) -> Callable:
+        overrides = _overrides(leaves)
+        opts = compiler_options(overrides)
         if opts is None:
             return plain
-        if not top:
-            top.append(jax.jit(fun, compiler_options=opts, **jit_kwargs))
-        return top[0]
+        if overrides not in top:
+            top[overrides] = jax.jit(fun, compiler_options=opts, **jit_kwargs)
+        return top[overrides]
 
     @functools.wraps(fun)
     def call(*args: Any, **kwargs: Any) -> Any:
-        if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((args, kwargs))):
+        leaves = jax.tree.leaves((args, kwargs))
+        if any(isinstance(a, jax.core.Tracer) for a in leaves):
             return plain(*args, **kwargs)
         with gc_paused():
-            return top_level()(*args, **kwargs)
+            return top_level(leaves)(*args, **kwargs)
 
     def lower(*args: Any, **kwargs: Any) -> Any:
         # ahead-of-time lowering of the top-level program: compiling it fills the cache call uses
         with gc_paused():
-            return top_level().lower(*args, **kwargs)
+            return top_level(jax.tree.leaves((args, kwargs))).lower(*args, **kwargs)
 
     call.lower = lower  # type: ignore[attr-defined]
     return call

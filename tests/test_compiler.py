@@ -70,3 +70,31 @@ def test_top_level_calls_pause_the_garbage_collector_and_restore_it():
         assert not gc.isenabled()  # a collector the caller paused stays paused
     finally:
         gc.enable()
+
+
+def test_preferred_options_follow_the_arrays_they_were_given_for(fresh):
+    """``prefer_options``: a top-level program that gets a registered array as an argument
+    compiles with the overrides; others keep the usual options; the registry forgets an array
+    with its last reference."""
+    import gc
+
+    fresh.delenv(compiler.ENV, raising=False)
+    fresh.setenv("XLA_FLAGS", "")
+    seen = []
+    real_jit = jax.jit
+
+    def spy(fun, **kwargs):
+        seen.append(kwargs.get("compiler_options"))
+        return real_jit(fun, **kwargs)
+
+    fresh.setattr(compiler.jax, "jit", spy)
+    wrapped = compiler.jit(lambda x, y: x * y)
+    a, b = jnp.arange(3.0), jnp.ones(3)
+    compiler.prefer_options({"w": a}, xla_backend_optimization_level=2)
+    np.testing.assert_array_equal(wrapped(b, b), b)
+    np.testing.assert_array_equal(wrapped(a, b), a)
+    np.testing.assert_array_equal(wrapped(b, a), a)  # the same program: compiled once
+    assert seen[1:] == [compiler.CPU_OPTIONS, {**compiler.CPU_OPTIONS, "xla_backend_optimization_level": 2}]
+    del a
+    gc.collect()
+    assert not compiler._PREFERRED

@@ -484,6 +484,15 @@ def test_prepared_params_give_the_same_bits_and_never_go_stale():
     (out, grad), (want_out, want_grad) = out_and_grad(forward_only, x), out_and_grad(model, x)
     np.testing.assert_array_equal(out, want_out)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6 * float(jnp.abs(want_grad).max()))
+    # Winograd convolutions (with_prepared(winograd=True)): within float rounding
+    for vjp in (True, False):
+        winograd = model.with_prepared(vjp=vjp, winograd=True)
+        if vjp:
+            out, grad = out_and_grad(winograd, x)
+            np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-5 * float(jnp.abs(want_grad).max()))
+        else:
+            out = jnp.sum(w * winograd.eps(x, t, lab))
+        np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-4)  # a sum of 384 terms of ~1
     other = prepared.replace(params=jax.tree.map(lambda a: a * 1.01, model.params))
     assert other.prepared is None and other.with_prepared().prepared is not prepared.prepared
     del model, prepared, other
@@ -562,6 +571,81 @@ def test_conv_gradients_equal_lax(kernel, stride, size):
     g_ours = jax.jit(jax.grad(lambda x, k: jnp.sum(w * ours(x, k)), (0, 1)))(x, k)
     for a, b in zip(g_ours, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(8, 6), (7, 5)])
+def test_winograd_convolution_equals_lax_values_and_gradients(size):
+    """``conv`` with Winograd kernels (F(2x2, 3x3), odd sizes padded and cropped) equals lax's 3x3
+    SAME convolution up to float rounding: values, input gradient (by Winograd too) and kernel
+    gradient."""
+    from jax import lax
+
+    from invdiff.nets.conv import conv, flip_kernel, winograd_conv3, winograd_kernel
+
+    x = jax.random.normal(jax.random.key(0), (2, *size, 5))
+    k = np.asarray(jax.random.normal(jax.random.key(1), (3, 3, 5, 7)))
+    kw, kwt = winograd_kernel(k), winograd_kernel(flip_kernel(k))
+    assert kw.shape == (16, 5, 7) and kw.dtype == np.float32
+    p = ((1, 1), (1, 1))
+    ref = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), p, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ours = lambda x, k: conv(x, k, (1, 1), p, None, None, kw, kwt)
+    np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(winograd_conv3(x, kw), ref(x, k), rtol=1e-5, atol=1e-5)
+    w = jax.random.normal(jax.random.key(2), ref(x, k).shape)
+    g_ref = jax.jit(jax.grad(lambda x, k: jnp.sum(w * ref(x, k)), (0, 1)))(x, k)
+    g_ours = jax.jit(jax.grad(lambda x, k: jnp.sum(w * ours(x, k)), (0, 1)))(x, k)
+    for a, b in zip(g_ours, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="3x3"):
+        winograd_kernel(np.zeros((1, 1, 5, 7), np.float32))
+
+
+def test_winograd_kernels_go_to_the_stride1_3x3_convolutions(monkeypatch):
+    """``with_prepared(winograd=True)`` gives Winograd kernels to exactly the 3x3 stride-1
+    convolutions that neither upsample nor stride (``UNet.strided_convs`` names the stride-2
+    ones), with ``vjp`` their input gradient's instead of ``kernel_t``; programs reading them
+    compile with ``WINOGRAD_OPTIONS``; float32 models from ``CPU_WINOGRAD_MIN_CHANNELS`` base
+    channels on get them by default. (Values: test_prepared_params_give_the_same_bits...)"""
+    from invdiff import compiler
+    from invdiff.nets import adm
+    from invdiff.nets.conv import Conv2d
+
+    model = _tiny(image_size=8, channel_mult="1,2", attention_resolutions="", resblock_updown=False)
+    net = model.config.unet()
+    stride2 = set()
+
+    def is_conv(m, _):
+        if isinstance(m, Conv2d) and m.strides == 2:
+            stride2.add(tuple(m.scope.path))
+        return isinstance(m, Conv2d)
+
+    _, seen = jax.eval_shape(lambda p: net.apply({"params": p}, jnp.zeros((1, 8, 8, 3)), jnp.zeros((1,)),
+                                                 jnp.zeros((1,), jnp.int32), capture_intermediates=is_conv,
+                                                 mutable=["intermediates"]), model.params)
+    convs = {}
+    for path, _ in jax.tree_util.tree_leaves_with_path(seen["intermediates"]):
+        keys = tuple(k.key for k in path if hasattr(k, "key"))[:-1]
+        node = model.params
+        for key in keys:
+            node = node[key]
+        if np.ndim(node.get("kernel")) == 4:  # (the attention blocks' 1x1 projections are dense)
+            convs[keys] = node["kernel"].shape[:2]
+    strided = set(net.strided_convs())
+    assert strided == stride2 and strided <= set(convs)
+    eligible = {p for p, ks in convs.items() if ks == (3, 3)} - strided - set(net.upsampling_convs())
+    assert eligible and not unet._holders(model.with_prepared(vjp=True).prepared, "kernel_w")  # 32 channels
+    for vjp in (False, True):
+        prepared = model.with_prepared(vjp=vjp, winograd=True).prepared
+        assert unet._holders(prepared, "kernel_w") == eligible
+        assert unet._holders(prepared, "kernel_wt") == (eligible if vjp else set())
+        assert not unet._holders(prepared, "kernel_t") & eligible
+        assert compiler._overrides(jax.tree.leaves(prepared)) == tuple(sorted(adm.WINOGRAD_OPTIONS.items()))
+    assert compiler._overrides(jax.tree.leaves(model)) == ()
+    monkeypatch.setattr(adm, "CPU_WINOGRAD_MIN_CHANNELS", model.config.num_channels)
+    assert unet._holders(model.with_prepared(vjp=True).prepared, "kernel_w") == eligible
+    assert not unet._holders(model.replace(dtype=np.dtype(jnp.bfloat16)).with_prepared().prepared, "kernel_w")
+    with pytest.raises(ValueError, match="no convolution kernel at the strided paths"):
+        unet.prepare_params({}, strided=[("nowhere", "op")])
 
 
 def _reference_group_norm(h, scale, bias, groups=32, eps=1e-5):

@@ -287,13 +287,29 @@ def cpu_chunk(x_shape: tuple[int, ...], num_channels: int) -> int:
 _apply = compiler.jit(_apply_unet, static_argnames=("config", "dtype", "precision", "debug"))
 
 
-#: vjp -> (weak references to the last parameter set's leaves, its prepare_params tree)
-_PREPARED: dict[bool, tuple[list, Any]] = {}
+#: On CPU, ``ADMModel.with_prepared`` computes the 3x3 stride-1 convolutions of float32 models
+#: with at least this many base channels (``num_channels``) by Winograd's F(2x2, 3x3)
+#: (:func:`invdiff.nets.conv.winograd_conv3`), in programs compiled without YNNPACK's
+#: element-wise fusions (:data:`WINOGRAD_OPTIONS`). Measured on a 2-core AMD EPYC (jax 0.10.2),
+#: at batch 4 with weights as arguments, against the direct convolutions with invdiff's usual
+#: options: the 128-channel ADM at 64x64 (``benchmarks/vs_torch.py``'s ``adm128``) forward
+#: 1.30-1.43 -> 1.01-1.27 s, forward + VJP 2.73-3.05 -> 2.16-2.47 s; the bundled model (32
+#: channels) forward 97 -> 113-141 ms, forward + VJP 199-223 -> 292-316 ms, so not there.
+#: Compilation takes longer (the 128-channel forward + VJP at batch 1: 11.4 -> 15.8 s).
+CPU_WINOGRAD_MIN_CHANNELS = 128
+#: XLA:CPU options for programs that read Winograd kernels (:func:`invdiff.compiler.prefer_options`):
+#: YNNPACK's element-wise fusions split the tile transforms into one pass per addition (the input
+#: transform of a 4x64x64x128 image: 13 ms instead of 4).
+WINOGRAD_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                    compiler.ynn_fusion_types(*(t for t in compiler.YNN_TYPES if t != "ELTWISE"))}
+
+#: (vjp, winograd) -> (weak references to the last parameter set's leaves, its prepare_params tree)
+_PREPARED: dict[tuple[bool, bool], tuple[list, Any]] = {}
 
 
-def _forget(vjp: bool, entry: tuple) -> None:
-    if _PREPARED.get(vjp) is entry:
-        del _PREPARED[vjp]
+def _forget(key: tuple[bool, bool], entry: tuple) -> None:
+    if _PREPARED.get(key) is entry:
+        del _PREPARED[key]
 
 
 def _on_this_cpu(a: Any) -> bool:
@@ -310,7 +326,8 @@ def _same_leaves(refs: list, leaves: list) -> bool:
 
 
 def _has_kernel_t(tree: Any) -> bool:
-    return bool(_holders(tree, "kernel_t"))
+    """Prepared with ``vjp``: input-gradient kernels (direct or Winograd)."""
+    return bool(_holders(tree, "kernel_t") or _holders(tree, "kernel_wt"))
 
 
 def _dtype_key(dtype: Any) -> Any:
@@ -338,7 +355,7 @@ class ADMModel(Model):
     #: parameter-only quantities computed once on the host (:meth:`with_prepared`), or None
     prepared: Any = struct.field(default=None, kw_only=True)
 
-    def with_prepared(self, *, vjp: bool = False) -> ADMModel:
+    def with_prepared(self, *, vjp: bool = False, winograd: bool | None = None) -> ADMModel:
         """This model with :func:`invdiff.nets.unet.prepare_params` of its weights attached:
         quantities the network derives from its parameters alone (each norm's bias / 2, the
         upsampling convolutions' phase kernels), computed once with numpy instead of inside
@@ -354,20 +371,33 @@ class ADMModel(Model):
         (:attr:`~invdiff.nets.unet.UNet.custom_vjp` False): faster to compile, the same values.
         Differentiating it still gives correct input gradients, by autodiff (slower); the
         prepared quantities then count as inputs of their own, so take parameter gradients on
-        a model without them (``replace(params=...)``, or the model as loaded)."""
-        if self.prepared is not None and (not vjp or _has_kernel_t(self.prepared)):
+        a model without them (``replace(params=...)``, or the model as loaded).
+
+        ``winograd`` (default: float32 models with at least :data:`CPU_WINOGRAD_MIN_CHANNELS`
+        base channels) also prepares Winograd kernels for the 3x3 stride-1 convolutions, which
+        the network then computes by Winograd's F(2x2, 3x3): equal up to float rounding (~1e-6
+        relative per layer), not bit for bit, and compiled with :data:`WINOGRAD_OPTIONS`."""
+        if winograd is None:
+            winograd = self.dtype == np.float32 and self.config.num_channels >= CPU_WINOGRAD_MIN_CHANNELS
+        if (self.prepared is not None and (not vjp or _has_kernel_t(self.prepared))
+                and bool(_holders(self.prepared, "kernel_w")) == winograd):
             return self
         leaves = jax.tree.leaves(self.params)
         if not leaves or not all(map(_on_this_cpu, leaves)):
             return self  # numpy cannot read them here
         for key in [k for k, (refs, _) in _PREPARED.items() if not _same_leaves(refs, leaves)]:
             del _PREPARED[key]  # one parameter set at a time
-        if vjp not in _PREPARED:
-            tree = prepare_params(self.params, vjp=vjp, upsampling=self.config.unet().upsampling_convs())
-            entry = ([weakref.ref(a) for a in leaves], jax.device_put(tree))
-            _PREPARED[vjp] = entry
-            weakref.finalize(leaves[0], _forget, vjp, entry)  # freed with the weights
-        return dataclasses.replace(self, prepared=_PREPARED[vjp][1])
+        key = (vjp, winograd)
+        if key not in _PREPARED:
+            unet = self.config.unet()
+            tree = jax.device_put(prepare_params(self.params, vjp=vjp, upsampling=unet.upsampling_convs(),
+                                                 winograd=winograd, strided=unet.strided_convs()))
+            if winograd:
+                compiler.prefer_options(tree, **WINOGRAD_OPTIONS)
+            entry = ([weakref.ref(a) for a in leaves], tree)
+            _PREPARED[key] = entry
+            weakref.finalize(leaves[0], _forget, key, entry)  # freed with the weights
+        return dataclasses.replace(self, prepared=_PREPARED[key][1])
 
     @classmethod
     def create(cls, config: ADMConfig, params: Any, dtype: Any = jnp.float32,

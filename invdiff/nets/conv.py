@@ -52,10 +52,15 @@ def _plain(x: Array, k: Array, strides: tuple[int, int], padding: tuple, precisi
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv(x: Array, k: Array, strides: tuple[int, int], padding: tuple, precision: Any = None,
-         kt: Array | None = None) -> Array:
+         kt: Array | None = None, kw: Array | None = None, kwt: Array | None = None) -> Array:
     """NHWC x HWIO convolution with explicit ``padding`` ((lo, hi), (lo, hi)), as ``lax``'s.
     ``kt``, if given, must be :func:`flip_kernel` of ``k``: the input gradient then uses it
-    instead of flipping ``k`` inside the program (no gradient flows into ``kt``)."""
+    instead of flipping ``k`` inside the program. ``kw``, ``kwt``, if given, must be
+    :func:`winograd_kernel` of ``k`` and of :func:`flip_kernel` of ``k``, for a 3x3 kernel at
+    stride 1 padded by 1: the forward pass, and the input gradient, then run as
+    :func:`winograd_conv3`. No gradient flows into ``kt``, ``kw``, ``kwt``."""
+    if kw is not None:
+        return winograd_conv3(x, kw, precision)
     return _plain(x, k, strides, padding, precision)
 
 
@@ -66,32 +71,85 @@ def flip_kernel(k: Any) -> Any:
     return xp.swapaxes(k[::-1, ::-1], 2, 3)
 
 
-def _conv_fwd(x, k, strides, padding, precision, kt):
-    return _plain(x, k, strides, padding, precision), (x, k, kt)
+def _conv_fwd(x, k, strides, padding, precision, kt, kw, kwt):
+    y = _plain(x, k, strides, padding, precision) if kw is None else winograd_conv3(x, kw, precision)
+    return y, (x, k, kt, kwt)
 
 
 def _conv_bwd(strides, padding, precision, res, g):
-    x, k, kt = res
+    x, k, kt, kwt = res
     # input gradient: a stride-1 convolution of g, dilated by the stride, with the kernel
     # flipped in space and its in/out features swapped (see the module docstring)
-    if kt is None:
-        kt = flip_kernel(k)
-    pads = []
-    for (lo, hi), s, n, kk, m in zip(padding, strides, x.shape[1:3], k.shape[:2], g.shape[1:3]):
-        extra = n + lo + hi - kk - (m - 1) * s  # input rows the forward pass never reached
-        pads.append((kk - 1 - lo, kk - 1 - hi + extra))
-    dx = lax.conv_general_dilated(g, kt.astype(g.dtype), (1, 1), pads, lhs_dilation=strides, dimension_numbers=_DN,
-                                  precision=precision)
+    if kwt is not None:
+        dx = winograd_conv3(g, kwt, precision)
+    else:
+        if kt is None:
+            kt = flip_kernel(k)
+        pads = []
+        for (lo, hi), s, n, kk, m in zip(padding, strides, x.shape[1:3], k.shape[:2], g.shape[1:3]):
+            extra = n + lo + hi - kk - (m - 1) * s  # input rows the forward pass never reached
+            pads.append((kk - 1 - lo, kk - 1 - hi + extra))
+        dx = lax.conv_general_dilated(g, kt.astype(g.dtype), (1, 1), pads, lhs_dilation=strides,
+                                      dimension_numbers=_DN, precision=precision)
     # kernel gradient: x correlated with g (batch and features swapped), g dilated by the stride;
     # written out rather than traced through jax.vjp on every call (dropped when unused)
     kpads = [(lo, kk + (m - 1) * s - n - lo)
              for (lo, _), s, n, kk, m in zip(padding, strides, x.shape[1:3], k.shape[:2], g.shape[1:3])]
     dk = lax.conv_general_dilated(x, g.astype(x.dtype), (1, 1), kpads, rhs_dilation=strides,
                                   dimension_numbers=("CHWN", "IHWO", "HWNC"), precision=precision)
-    return dx.astype(x.dtype), dk.astype(k.dtype), None
+    return dx.astype(x.dtype), dk.astype(k.dtype), None, None, None
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+# Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional
+# Neural Networks", CVPR 2016, eq. 8): Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A per 4x4 input tile d and
+# 2x2 output tile Y, with
+_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # kernel transform
+#   Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]       (input, _bt)
+#   Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]                                     (output)
+
+
+def winograd_kernel(k: Any) -> np.ndarray:
+    """The transformed kernel of :func:`winograd_conv3` for a 3x3 HWIO kernel ``k``: G k Gᵀ for
+    every (in, out) feature pair, shape (16, I, O) with tile position (a, b) at 4 a + b.
+    Computed in float64 and stored in ``k``'s dtype. numpy in, numpy out."""
+    k = np.asarray(k)
+    if k.ndim != 4 or k.shape[:2] != (3, 3):
+        raise ValueError(f"winograd_kernel needs a 3x3 HWIO kernel, got shape {k.shape}")
+    u = np.einsum("ai,ijco,bj->abco", _G, k.astype(np.float64), _G)
+    return np.ascontiguousarray(u.reshape(16, *k.shape[2:]).astype(k.dtype))
+
+
+def _bt(d0: Array, d1: Array, d2: Array, d3: Array) -> tuple[Array, Array, Array, Array]:
+    """Bᵀ d for the four taps d0..d3 of tiles along one axis."""
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+def winograd_conv3(x: Array, u: Array, precision: Any = None) -> Array:
+    """``conv(x, k)`` for a 3x3 kernel ``k`` at stride 1 padded by 1 on every side, by
+    Winograd's F(2x2, 3x3), with ``u = winograd_kernel(k)``. Each 2x2 output tile reads a 4x4
+    input tile; the 16 tile positions are 16 matrix products (tiles x I) @ (I x O), 16/36 of a
+    direct convolution's multiply-adds, between additions that transform the tiles in and out.
+    An odd height or width is padded by one more row or column and cropped. Equal to the
+    direct form up to float rounding: the bundled model's layers differ by ~1e-6 relative
+    (``tests/test_network.py``). On CPU only where it pays: see
+    :data:`invdiff.nets.adm.CPU_WINOGRAD_MIN_CHANNELS`."""
+    b, h, w, c = x.shape
+    h2, w2 = h + h % 2, w + w % 2
+    th, tw = h2 // 2, w2 // 2
+    xp = jnp.pad(x, ((0, 0), (1, 1 + h % 2), (1, 1 + w % 2), (0, 0)))  # (b, h2 + 2, w2 + 2, c)
+    # tile row i reads padded rows 2i..2i+3: rows (2i, 2i+1) of the top pairs, then of the bottom
+    top, bottom = xp[:, :h2].reshape(b, th, 2, w2 + 2, c), xp[:, 2:].reshape(b, th, 2, w2 + 2, c)
+    rows = jnp.stack(_bt(top[:, :, 0], top[:, :, 1], bottom[:, :, 0], bottom[:, :, 1]))
+    left, right = rows[..., :w2, :].reshape(4, b, th, tw, 2, c), rows[..., 2:, :].reshape(4, b, th, tw, 2, c)
+    v = jnp.stack(_bt(left[..., 0, :], left[..., 1, :], right[..., 0, :], right[..., 1, :]), 1)  # (4, 4, b, th, tw, c)
+    m = lax.dot_general(v.reshape(16, b * th * tw, c), u.astype(x.dtype), (((2,), (1,)), ((0,), (0,))),
+                        precision=precision).reshape(4, 4, b, th, tw, -1)
+    r = (m[0] + m[1] + m[2], m[1] - m[2] - m[3])  # Aᵀ over the tile rows: output row 0, 1
+    y = jnp.stack([jnp.stack([q[0] + q[1] + q[2], q[1] - q[2] - q[3]], axis=3) for q in r], axis=2)
+    return y.reshape(b, h2, w2, -1)[:, :h, :w]  # (b, th, 2, tw, 2, o) interleaved
 
 
 def checked_param(module: nn.Module, name: str, init: Any, shape: tuple[int, ...]) -> Array:
@@ -181,6 +239,12 @@ class Conv2d(nn.Module):
             return up2_conv3(x, k, self.precision, self.custom_vjp, k4, kt if k4 is not None else None) + b
         p = self.kernel // 2
         pads, strides = ((p, p), (p, p)), (self.strides, self.strides)
+        kw, kwt = (self.get_variable(PREPARED, name).astype(dtype) if self.has_variable(PREPARED, name) else None
+                   for name in ("kernel_w", "kernel_wt"))
+        if kw is not None and (self.kernel, self.strides) != (3, 1):
+            raise ValueError(f"kernel_w (Winograd) needs a 3x3 stride-1 conv, got kernel {self.kernel}, "
+                             f"stride {self.strides}")
         if not self.custom_vjp:
-            return _plain(x, k, strides, pads, self.precision) + b
-        return conv(x, k, strides, pads, self.precision, kt) + b
+            return (_plain(x, k, strides, pads, self.precision) if kw is None
+                    else winograd_conv3(x, kw, self.precision)) + b
+        return conv(x, k, strides, pads, self.precision, kt, kw, kwt) + b

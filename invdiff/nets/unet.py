@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invdiff.nets.conv import PREPARED, Conv2d, checked_param, flip_kernel, phase_kernel
+from invdiff.nets.conv import PREPARED, Conv2d, checked_param, flip_kernel, phase_kernel, winograd_kernel
 
 Array = jax.Array
 Dtype = Any
@@ -249,7 +249,8 @@ group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 group_norm_silu.defvjp(_group_norm_silu_fwd, _group_norm_silu_bwd)
 
 
-def prepare_params(params: Any, *, vjp: bool = False, upsampling: Sequence[tuple[str, ...]] = ()) -> dict:
+def prepare_params(params: Any, *, vjp: bool = False, upsampling: Sequence[tuple[str, ...]] = (),
+                   winograd: bool = False, strided: Sequence[tuple[str, ...]] = ()) -> dict:
     """Quantities the UNet derives from its parameters alone, computed once with numpy, as a
     tree for the :data:`~invdiff.nets.conv.PREPARED` variable collection (the same values, bit
     for bit, as the network computes without them):
@@ -261,6 +262,12 @@ def prepare_params(params: Any, *, vjp: bool = False, upsampling: Sequence[tuple
     * with ``vjp``, ``kernel_t``: each convolution kernel (``kernel_up`` where there is one)
       flipped and transposed (:func:`~invdiff.nets.conv.flip_kernel`), the kernel of its input
       gradient. This is a second copy of the convolution weights.
+    * with ``winograd``, for every other 3x3 convolution (not upsampling, not at the paths in
+      ``strided``, :meth:`UNet.strided_convs`): ``kernel_w``, its kernel transformed for
+      :func:`~invdiff.nets.conv.winograd_conv3` (16/9 the size), and with ``vjp``, instead of
+      ``kernel_t``, ``kernel_wt``: the transformed kernel of its input gradient. The network
+      then computes these convolutions by Winograd's F(2x2, 3x3): equal up to float rounding,
+      not bit for bit.
 
     Inside a compiled program, each of these would be a small computation of its own, and on
     XLA:CPU a generated kernel to compile, one per shape (DPS's program on the bundled model:
@@ -268,7 +275,7 @@ def prepare_params(params: Any, *, vjp: bool = False, upsampling: Sequence[tuple
     ``kernel_up``). For fixed weights only: after any change to ``params`` the tree is stale
     (``ADMModel`` drops it)."""
     out: dict = {}
-    up = {tuple(p) for p in upsampling}
+    up, strided_ = {tuple(p) for p in upsampling}, {tuple(p) for p in strided}
 
     def visit(node: Any, path: tuple[str, ...]) -> None:
         if not isinstance(node, Mapping):
@@ -276,14 +283,18 @@ def prepare_params(params: Any, *, vjp: bool = False, upsampling: Sequence[tuple
         derived = {}
         if "scale" in node and np.ndim(node.get("bias")) == 1:
             derived["bias_half"] = np.asarray(node["bias"]) * np.float32(0.5)
-        elif np.ndim(node.get("kernel")) == 4 and (path in up or vjp):
+        elif np.ndim(node.get("kernel")) == 4 and (path in up or vjp or winograd):
             k = np.asarray(node["kernel"])
-            if path in up:
+            if winograd and k.shape[:2] == (3, 3) and path not in up and path not in strided_:
+                derived["kernel_w"] = winograd_kernel(k)
+                if vjp:
+                    derived["kernel_wt"] = winograd_kernel(flip_kernel(k))
+            elif path in up:
                 if k.shape[:2] != (3, 3):
                     raise ValueError(f"upsampling convolution {'/'.join(path)} has a {k.shape[0]}x{k.shape[1]} "
                                      "kernel: phase kernels need 3x3")
                 k = derived["kernel_up"] = phase_kernel(k)
-            if vjp:
+            if vjp and "kernel_w" not in derived:
                 derived["kernel_t"] = np.ascontiguousarray(flip_kernel(k))
         if derived:
             leaf = out
@@ -296,6 +307,8 @@ def prepare_params(params: Any, *, vjp: bool = False, upsampling: Sequence[tuple
     visit(params, ())
     if missing := up - _holders(out, "kernel_up"):
         raise ValueError(f"prepare_params: no convolution kernel at the upsampling paths {sorted(missing)}")
+    if missing := strided_ - _holders(params, "kernel"):
+        raise ValueError(f"prepare_params: no convolution kernel at the strided paths {sorted(missing)}")
     return out
 
 
@@ -561,6 +574,18 @@ class UNet(nn.Module):
     #: sampler without network VJPs): traced ~30 % faster, the same values. Differentiating it
     #: still works, by autodiff (slower, more memory).
     custom_vjp: bool = True
+
+    def strided_convs(self) -> tuple[tuple[str, str], ...]:
+        """Parameter paths of the stride-2 convolutions (``Downsample``'s ``op``), as
+        :meth:`__call__` names them."""
+        if self.resblock_updown or not self.conv_resample:
+            return ()
+        paths, idx = [], 1
+        for _ in range(len(self.channel_mult) - 1):
+            idx += self.num_res_blocks
+            paths.append((f"input_blocks_{idx}_0", "op"))
+            idx += 1
+        return tuple(paths)
 
     def upsampling_convs(self) -> tuple[tuple[str, str], ...]:
         """Parameter paths of the convolutions that read a x2 upsampled input (``Upsample``'s
