@@ -376,7 +376,9 @@ class ADMModel(Model):
         ``winograd`` (default: float32 models with at least :data:`CPU_WINOGRAD_MIN_CHANNELS`
         base channels) also prepares Winograd kernels for the 3x3 stride-1 convolutions, which
         the network then computes by Winograd's F(2x2, 3x3): equal up to float rounding (~1e-6
-        relative per layer), not bit for bit, and compiled with :data:`WINOGRAD_OPTIONS`."""
+        relative), not bit for bit, and compiled with :data:`WINOGRAD_OPTIONS`. These hold 16/9
+        the size of those convolutions' weights, twice with ``vjp`` (instead of one flipped
+        copy)."""
         if winograd is None:
             winograd = self.dtype == np.float32 and self.config.num_channels >= CPU_WINOGRAD_MIN_CHANNELS
         if (self.prepared is not None and (not vjp or _has_kernel_t(self.prepared))
