@@ -291,11 +291,12 @@ _apply = compiler.jit(_apply_unet, static_argnames=("config", "dtype", "precisio
 #: with at least this many base channels (``num_channels``) by Winograd's F(2x2, 3x3)
 #: (:func:`invdiff.nets.conv.winograd_conv3`), in programs compiled without YNNPACK's
 #: element-wise fusions (:data:`WINOGRAD_OPTIONS`). Measured on a 2-core AMD EPYC (jax 0.10.2),
-#: at batch 4 with weights as arguments, against the direct convolutions with invdiff's usual
-#: options: the 128-channel ADM at 64x64 (``benchmarks/vs_torch.py``'s ``adm128``) forward
-#: 1.30-1.43 -> 1.01-1.27 s, forward + VJP 2.73-3.05 -> 2.16-2.47 s; the bundled model (32
-#: channels) forward 97 -> 113-141 ms, forward + VJP 199-223 -> 292-316 ms, so not there.
-#: Compilation takes longer (the 128-channel forward + VJP at batch 1: 11.4 -> 15.8 s).
+#: both alternated in one process, weights as arguments, against the direct convolutions with
+#: invdiff's usual options: the 128-channel ADM at 64x64 (``benchmarks/vs_torch.py``'s
+#: ``adm128``) at batch 4, forward 1388 -> 1164 ms, forward + VJP 3058 -> 2418 ms; at batch 1,
+#: 394 -> 322 and 835 -> 706 ms. The bundled model (32 channels) at batch 4: forward 91 -> 126
+#: ms, forward + VJP 232 -> 263 ms, so not there. The first call (trace and compile) of the
+#: 128-channel forward + VJP took 9.3 -> 12.2 s at batch 4, 7.5 -> 13.0 s at batch 1.
 CPU_WINOGRAD_MIN_CHANNELS = 128
 #: XLA:CPU options for programs that read Winograd kernels (:func:`invdiff.compiler.prefer_options`):
 #: YNNPACK's element-wise fusions split the tile transforms into one pass per addition (the input
