@@ -50,6 +50,13 @@ and weights (the instances are recorded from one torch forward): convolutions, G
 time embedding (timestep features, ``time_embed`` and every ResBlock's ``emb_layers``);
 invdiff's side jits all instances of one type into one program.
 
+XLA:CPU allocates each program's temporary buffer per call, and glibc serves allocations that
+large with fresh pages: every call faults them in again (the 128-channel model's forward + VJP
+at batch 4: ~200,000 page faults, 0.4-0.5 s of system time), where torch reuses freed memory.
+A ``solve`` loop pays this once per solve, not per step. To time both sides without it, run
+with glibc's ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``
+(:data:`GLIBC_MALLOC`; the results file records them).
+
 Results: ``benchmarks/results/vs_torch_<machine>[_<tag>].md`` and ``.json``, with the machine
 (``invdiff.bench.machine_info``), thread settings and load averages. On a shared machine
 compare only rows of one file.
@@ -89,6 +96,10 @@ TOLERANCE = 1e-4
 
 # ---------------------------------------------------------------------------------------
 # The two networks on the same weights.
+
+
+#: glibc's allocator settings under which freed memory stays in the process (see the docstring)
+GLIBC_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
 
 
 def invdiff_model(name: str) -> ADMModel:
@@ -523,7 +534,8 @@ def main(argv: list[str] | None = None) -> None:
                         layers.append(r)
                         print(f"  {layer} {mode}: ratio {r['ratio_median']:.2f}", flush=True)
     load_after = [round(v, 2) for v in os.getloadavg()]
-    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS") if k in os.environ}
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", *GLIBC_MALLOC)
+           if k in os.environ}
     meta = dict(machine=machine_info(), torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M"),
                 command="python3 benchmarks/vs_torch.py GUIDED_DIFFUSION " + " ".join((argv or sys.argv[1:])[1:]),
                 torch_threads=threads, torch_interop_threads=torch.get_num_interop_threads(), thread_env=env,
