@@ -25,8 +25,9 @@ What is timed, per model and batch (1, 4, 16 by default):
 
 invdiff's side is compiled as invdiff compiles its own programs (``invdiff.compiler.jit``, the
 wrapper of ``solve``: XLA:CPU options of :mod:`invdiff.compiler`), on the model as ``solve``
-passes it (``ADMModel.with_prepared(vjp=True)``), with the weights as arguments of the
-program (not constants), so it times what a solver's loop runs.
+passes it (``ADMModel.with_prepared(vjp=True)``: for ``adm128``, with its 3x3 convolutions by
+Winograd's F(2x2, 3x3), see ``invdiff.nets.adm.CPU_WINOGRAD_MIN_CHANNELS``), with the weights
+as arguments of the program (not constants), so it times what a solver's loop runs.
 ``INVDIFF_XLA_OPTIONS=0`` times plain ``jax.jit`` instead.
 
 Both sides run interleaved in one process: every repeat times invdiff, then torch at each
