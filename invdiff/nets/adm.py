@@ -27,7 +27,6 @@ from invdiff.model import Model
 from invdiff.nets.conv import PREPARED
 from invdiff.nets.unet import (
     UNet,
-    _holders,
     attention_ds,
     default_channel_mult,
     flax_module_to_torch,
@@ -326,9 +325,14 @@ def _same_leaves(refs: list, leaves: list) -> bool:
     return len(refs) == len(leaves) and all(r() is a for r, a in zip(refs, leaves))
 
 
+def _leaf_names(tree: Any) -> set:
+    """The names of a (prepared) variable tree's leaves, e.g. {"bias_half", "kernel_t"}."""
+    return {getattr(p[-1], "key", None) for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def _has_kernel_t(tree: Any) -> bool:
     """Prepared with ``vjp``: input-gradient kernels (direct or Winograd)."""
-    return bool(_holders(tree, "kernel_t") or _holders(tree, "kernel_wt"))
+    return bool(_leaf_names(tree) & {"kernel_t", "kernel_wt"})
 
 
 def _dtype_key(dtype: Any) -> Any:
@@ -382,9 +386,10 @@ class ADMModel(Model):
         copy)."""
         if winograd is None:
             winograd = self.dtype == np.float32 and self.config.num_channels >= CPU_WINOGRAD_MIN_CHANNELS
-        if (self.prepared is not None and (not vjp or _has_kernel_t(self.prepared))
-                and bool(_holders(self.prepared, "kernel_w")) == winograd):
-            return self
+        if self.prepared is not None:
+            names = _leaf_names(self.prepared)
+            if (not vjp or names & {"kernel_t", "kernel_wt"}) and ("kernel_w" in names) == winograd:
+                return self
         leaves = jax.tree.leaves(self.params)
         if not leaves or not all(map(_on_this_cpu, leaves)):
             return self  # numpy cannot read them here

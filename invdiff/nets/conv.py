@@ -68,9 +68,13 @@ def conv(x: Array, k: Array, strides: tuple[int, int], padding: tuple, precision
     :func:`winograd_kernel` of ``k`` and of :func:`flip_kernel` of ``k``, for a 3x3 kernel at
     stride 1 padded by 1: the forward pass, and the input gradient, then run as
     :func:`winograd_conv3`. No gradient flows into ``kt``, ``kw``, ``kwt``."""
-    if kw is not None:
-        return winograd_conv3(x, kw, precision)
-    return _plain(x, k, strides, padding, precision)
+    return _forward(x, k, strides, padding, precision, kw)
+
+
+def _forward(x: Array, k: Array, strides: tuple[int, int], padding: tuple, precision: Any,
+             kw: Array | None) -> Array:
+    """The convolution itself: by Winograd with ``kw`` (:func:`winograd_kernel` of ``k``), else lax's."""
+    return _plain(x, k, strides, padding, precision) if kw is None else winograd_conv3(x, kw, precision)
 
 
 def flip_kernel(k: Any) -> Any:
@@ -81,8 +85,7 @@ def flip_kernel(k: Any) -> Any:
 
 
 def _conv_fwd(x, k, strides, padding, precision, kt, kw, kwt):
-    y = _plain(x, k, strides, padding, precision) if kw is None else winograd_conv3(x, kw, precision)
-    return y, (x, k, kt, kwt)
+    return _forward(x, k, strides, padding, precision, kw), (x, k, kt, kwt)
 
 
 def _conv_bwd(strides, padding, precision, res, g):
@@ -254,6 +257,5 @@ class Conv2d(nn.Module):
             raise ValueError(f"kernel_w (Winograd) needs a 3x3 stride-1 conv, got kernel {self.kernel}, "
                              f"stride {self.strides}")
         if not self.custom_vjp:
-            return (_plain(x, k, strides, pads, self.precision) if kw is None
-                    else winograd_conv3(x, kw, self.precision)) + b
+            return _forward(x, k, strides, pads, self.precision, kw) + b
         return conv(x, k, strides, pads, self.precision, kt, kw, kwt) + b
