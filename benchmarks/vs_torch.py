@@ -54,8 +54,12 @@ invdiff's side jits all instances of one type into one program.
 XLA:CPU allocates each program's temporary buffer per call, and glibc serves allocations that
 large with fresh pages: every call faults them in again (the 128-channel model's forward + VJP
 at batch 4: ~200,000 page faults, 0.4-0.5 s of system time), where torch reuses freed memory.
-A ``solve`` loop pays this once per solve, not per step. To time both sides without it, run
-with glibc's ``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``
+A ``solve`` loop pays this once per solve, not per step. So invdiff is also timed as a solver
+runs it (``--loop``, default 4: :func:`invdiff_loop_programs`, that many calls in one compiled
+loop, each at its own t; time per call), beside the same torch calls: torch eager has no
+program to amortize anything over, and a torch solver calls its network from Python each step.
+To time single calls of both sides without the page faults, run with glibc's
+``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``
 (:data:`GLIBC_MALLOC`; the results file records them).
 
 Results: ``benchmarks/results/vs_torch_<machine>[_<tag>].md`` and ``.json``, with the machine
@@ -176,10 +180,35 @@ def invdiff_programs(model: ADMModel, t: jax.Array, label: jax.Array | None,
     return compiler.jit(fwd), compiler.jit(fwd_vjp), (prepared, t, label)
 
 
+def invdiff_loop_programs(model: ADMModel, t: jax.Array, label: jax.Array | None,
+                          calls: int) -> tuple[Callable, Callable, tuple]:
+    """:func:`invdiff_programs`' two computations, each ``calls`` times in one compiled
+    ``lax.fori_loop``, as a solver's loop runs the network: call i sees t - i (so the time
+    embedding is not hoisted out of the loop) and an x that depends on the previous call's
+    output and gradient (so no call is skipped). Per call this pays XLA:CPU's per-execution
+    costs (dispatch, the temporary buffer's fresh pages) once in ``calls`` times, as ``solve``
+    pays them once per walk."""
+    prepared = model.with_prepared(vjp=True) if hasattr(model, "with_prepared") else model
+    c = model.config.in_channels
+
+    def fwd(x: jax.Array, m: Any, t: jax.Array, label: jax.Array | None) -> jax.Array:
+        def body(i: jax.Array, x: jax.Array) -> jax.Array:
+            return x + 1e-3 * m.raw(x, t - i, label)[..., :c]
+        return jax.lax.fori_loop(0, calls, body, x)
+
+    def fwd_vjp(x: jax.Array, g: jax.Array, m: Any, t: jax.Array, label: jax.Array | None) -> jax.Array:
+        def body(i: jax.Array, x: jax.Array) -> jax.Array:
+            out, f = jax.vjp(lambda x: m.raw(x, t - i, label), x)
+            return x + 1e-3 * (out[..., :c] + f(g)[0])
+        return jax.lax.fori_loop(0, calls, body, x)
+
+    return compiler.jit(fwd), compiler.jit(fwd_vjp), (prepared, t, label)
+
+
 class Case:
     """One model at one batch size: inputs and the four callables, checked for agreement."""
 
-    def __init__(self, model: ADMModel, net: Any, batch: int):
+    def __init__(self, model: ADMModel, net: Any, batch: int, loop: int = 0):
         import torch
 
         cfg = model.config
@@ -196,6 +225,11 @@ class Case:
         fwd, fwd_vjp, rest = invdiff_programs(model, tj, yj)
         self.jax_fwd = lambda x: fwd(x, *rest)
         self.jax_vjp = lambda x, g: fwd_vjp(x, g, *rest)
+        self.loop = loop
+        if loop:
+            lfwd, lvjp, lrest = invdiff_loop_programs(model, tj, yj, loop)
+            self.loop_fwd = lambda x: lfwd(x, *lrest)
+            self.loop_vjp = lambda x, g: lvjp(x, g, *lrest)
 
         self.xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
         self.gt = torch.from_numpy(g.transpose(0, 3, 1, 2).copy())
@@ -227,11 +261,14 @@ class Case:
         x = self.xt.clone().requires_grad_(True)
         return torch.autograd.grad(self.net(x, self.tt, self.yt), x, self.gt)[0]
 
-    def callables(self) -> dict[str, tuple[Callable[[], Any], Callable[[], Any]]]:
-        """mode -> (invdiff, torch)."""
+    def callables(self) -> dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any] | None]]:
+        """mode -> (invdiff, torch, invdiff's ``loop`` calls in one program or None)."""
+        loop = self.loop
         return {
-            "fwd": (lambda: jax.block_until_ready(self.jax_fwd(self.x)), self.torch_fwd),
-            "fwd+vjp": (lambda: jax.block_until_ready(self.jax_vjp(self.x, self.g)), self.torch_vjp),
+            "fwd": (lambda: jax.block_until_ready(self.jax_fwd(self.x)), self.torch_fwd,
+                    (lambda: jax.block_until_ready(self.loop_fwd(self.x))) if loop else None),
+            "fwd+vjp": (lambda: jax.block_until_ready(self.jax_vjp(self.x, self.g)), self.torch_vjp,
+                        (lambda: jax.block_until_ready(self.loop_vjp(self.x, self.g))) if loop else None),
         }
 
 
@@ -272,18 +309,30 @@ def _stats(ts: list[float]) -> dict[str, float]:
 
 
 def compare(jax_fn: Callable[[], Any], torch_fn: Callable[[], Any], threads: list[int],
-            repeats: int, settle: int = 0) -> dict[str, Any]:
+            repeats: int, settle: int = 0, loop_fn: Callable[[], Any] | None = None,
+            loop: int = 0) -> dict[str, Any]:
+    """Interleaved times of invdiff, torch at each thread count and, with ``loop_fn``, invdiff's
+    ``loop`` calls in one program (its times divided by ``loop``: per network call)."""
     fns = {"invdiff": (jax_fn, None), **{f"torch{n}": (torch_fn, n) for n in threads}}
+    if loop_fn is not None:
+        fns["invdiff_loop"] = (loop_fn, None)
     times = interleaved(fns, repeats, settle)
+    if loop_fn is not None:
+        times["invdiff_loop"] = [v / loop for v in times["invdiff_loop"]]
     stats = {k: _stats(v) for k, v in times.items()}
     best = min(threads, key=lambda n: stats[f"torch{n}"]["median_ms"])
     tb = stats[f"torch{best}"]
-    return {
+    out = {
         "invdiff": stats["invdiff"], "torch": {n: stats[f"torch{n}"] for n in threads},
         "torch_best_threads": best,
         "ratio_median": stats["invdiff"]["median_ms"] / tb["median_ms"],
         "ratio_min": stats["invdiff"]["min_ms"] / tb["min_ms"],
     }
+    if loop_fn is not None:
+        out.update(invdiff_loop=stats["invdiff_loop"], loop_calls=loop,
+                   loop_ratio_median=stats["invdiff_loop"]["median_ms"] / tb["median_ms"],
+                   loop_ratio_min=stats["invdiff_loop"]["min_ms"] / tb["min_ms"])
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -465,14 +514,28 @@ def write_results(result: dict[str, Any], tag: str | None) -> Path:
         f"(limit {TOLERANCE:g})", "",
     ]
     if result["rows"]:
-        lines += ["| model | batch | mode | invdiff ms | torch ms (threads) | best | ratio | ratio of min | "
-                  "agreement |", "|---|---|---|---|---|---|---|---|---|"]
+        loop = meta.get("loop", 0)
+        if loop:
+            lines[-1:-1] = [
+                f"- in a loop: invdiff's calls {loop} at a time in one compiled `lax.fori_loop`, as `solve` runs "
+                "the network (call i at t - i, x fed back; `invdiff_loop_programs`), ms per call; its ratio "
+                "to the same torch figure. A solver's step pays this; a call from Python also pays XLA:CPU's "
+                "per-execution costs (dispatch, the temporary buffer's fresh pages)"]
+        head = "| model | batch | mode | invdiff ms | torch ms (threads) | best | ratio | ratio of min |"
+        rule = "|---|---|---|---|---|---|---|---|"
+        if loop:
+            head += " invdiff in a loop ms | ratio in a loop | ratio of min in a loop |"
+            rule += "---|---|---|"
+        lines += [head + " agreement |", rule + "---|"]
         for r in result["rows"]:
             tt = ", ".join(f"{v['median_ms']:.1f} ({v['min_ms']:.1f}) @{n}" for n, v in r["torch"].items())
-            lines.append(
-                f"| {r['model']} | {r['batch']} | {r['mode']} | {r['invdiff']['median_ms']:.1f} "
-                f"({r['invdiff']['min_ms']:.1f}) | {tt} | {r['torch_best_threads']} | "
-                f"**{r['ratio_median']:.2f}** | {r['ratio_min']:.2f} | {r['agreement']:.0e} |")
+            row = (f"| {r['model']} | {r['batch']} | {r['mode']} | {r['invdiff']['median_ms']:.1f} "
+                   f"({r['invdiff']['min_ms']:.1f}) | {tt} | {r['torch_best_threads']} | "
+                   f"**{r['ratio_median']:.2f}** | {r['ratio_min']:.2f} |")
+            if loop:
+                row += (f" {r['invdiff_loop']['median_ms']:.1f} ({r['invdiff_loop']['min_ms']:.1f}) | "
+                        f"**{r['loop_ratio_median']:.2f}** | {r['loop_ratio_min']:.2f} |")
+            lines.append(row + f" {r['agreement']:.0e} |")
     if result["layers"]:
         lines += ["", "Layer types on their own (all instances of the type at their real shapes; "
                   "ms per network call):", "",
@@ -497,6 +560,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats-large", type=int, default=10, help="timed repeats at batch >= 16")
     ap.add_argument("--settle", type=int, default=1,
                     help="untimed calls of the same side before each timed one, at batch < 16 (0: none)")
+    ap.add_argument("--loop", type=int, default=4,
+                    help="also time invdiff's calls this many at a time in one compiled loop, as solve "
+                         "runs them (0: not)")
     ap.add_argument("--layers", action="store_true", help="also time each layer type on its own")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args(argv)
@@ -510,20 +576,22 @@ def main(argv: list[str] | None = None) -> None:
         model = invdiff_model(name)
         net = torch_model(args.guided_diffusion, model)
         for batch in (int(b) for b in args.batches.split(",")):
-            case = Case(model, net, batch)
+            case = Case(model, net, batch, args.loop)
             reps = args.repeats if batch < 16 else args.repeats_large
             print(f"{name} batch {batch}: agree to {case.out_rel:.1e} (output), {case.dx_rel:.1e} (gradient)",
                   flush=True)
-            for mode, (jf, tf) in case.callables().items():
+            for mode, (jf, tf, lf) in case.callables().items():
                 if mode not in modes:
                     continue
-                r = compare(jf, tf, threads, reps, args.settle if batch < 16 else 0)
+                r = compare(jf, tf, threads, reps, args.settle if batch < 16 else 0, lf, args.loop)
                 r.update(model=name, batch=batch, mode=mode,
                          agreement=case.out_rel if mode == "fwd" else max(case.out_rel, case.dx_rel))
                 rows.append(r)
                 print(f"  {mode}: invdiff {r['invdiff']['median_ms']:.1f} ms, torch "
                       f"{r['torch'][r['torch_best_threads']]['median_ms']:.1f} ms @{r['torch_best_threads']} "
-                      f"-> ratio {r['ratio_median']:.2f} (min {r['ratio_min']:.2f})", flush=True)
+                      f"-> ratio {r['ratio_median']:.2f} (min {r['ratio_min']:.2f})"
+                      + (f"; in a loop {r['invdiff_loop']['median_ms']:.1f} ms -> {r['loop_ratio_median']:.2f}"
+                         if lf else ""), flush=True)
             if args.layers:
                 for layer, entry in layer_cases(model, net, case).items():
                     n_inst = len(entry.get("torch", [])) or 1
@@ -542,7 +610,8 @@ def main(argv: list[str] | None = None) -> None:
                 torch_threads=threads, torch_interop_threads=torch.get_num_interop_threads(), thread_env=env,
                 load_before=load_before, load_after=load_after,
                 shared=max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1) + 1,
-                repeats=args.repeats, repeats_large=args.repeats_large, settle=args.settle, tolerance=TOLERANCE)
+                repeats=args.repeats, repeats_large=args.repeats_large, settle=args.settle, loop=args.loop,
+                tolerance=TOLERANCE)
     path = write_results({"meta": meta, "rows": rows, "layers": layers}, args.tag)
     print(f"wrote {path} and .json")
 
