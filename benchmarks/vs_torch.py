@@ -206,7 +206,8 @@ def invdiff_loop_programs(model: ADMModel, t: jax.Array, label: jax.Array | None
 
 
 class Case:
-    """One model at one batch size: inputs and the four callables, checked for agreement."""
+    """One model at one batch size: inputs and the callables of both sides (with ``loop``, also
+    invdiff's ``loop`` calls in one program), checked for agreement."""
 
     def __init__(self, model: ADMModel, net: Any, batch: int, loop: int = 0):
         import torch
@@ -566,6 +567,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", action="store_true", help="also time each layer type on its own")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args(argv)
+    if args.loop < 0:
+        ap.error(f"--loop {args.loop}: give a number of calls per program, or 0 for none")
     import torch
 
     threads = [int(n) for n in args.torch_threads.split(",")]
