@@ -19,6 +19,17 @@ SHARED = Path(os.environ.get("INVDIFF_SHARED", REPO.parent / "shared"))
 ADM_FIXTURES = Path(os.environ.get("INVDIFF_FIXTURES", SHARED / "fixtures" / "adm"))
 
 
+#: the most worker processes ``-n auto`` starts (pyproject.toml's addopts); each is a JAX process
+MAX_WORKERS = 8
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per core this process may run on (its CPU affinity, not the
+    machine's count), at most :data:`MAX_WORKERS`."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
+
+
 @pytest.fixture(scope="session")
 def adm_fixtures() -> Path:
     if not (ADM_FIXTURES / "diffusion_io.npz").exists():
