@@ -105,6 +105,8 @@ TOLERANCE = 1e-4
 
 #: glibc's allocator settings under which freed memory stays in the process (see the docstring)
 GLIBC_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+#: environment variables the results file records (threads, XLA, glibc's allocator)
+ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "GLIBC_TUNABLES", *GLIBC_MALLOC)
 
 
 def invdiff_model(name: str) -> ADMModel:
@@ -606,8 +608,7 @@ def main(argv: list[str] | None = None) -> None:
                         layers.append(r)
                         print(f"  {layer} {mode}: ratio {r['ratio_median']:.2f}", flush=True)
     load_after = [round(v, 2) for v in os.getloadavg()]
-    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", *GLIBC_MALLOC)
-           if k in os.environ}
+    env = {k: os.environ[k] for k in ENV_KEYS if k in os.environ}
     meta = dict(machine=machine_info(), torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M"),
                 command="python3 benchmarks/vs_torch.py GUIDED_DIFFUSION " + " ".join((argv or sys.argv[1:])[1:]),
                 torch_threads=threads, torch_interop_threads=torch.get_num_interop_threads(), thread_env=env,
