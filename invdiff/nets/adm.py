@@ -330,9 +330,13 @@ def _leaf_names(tree: Any) -> set:
     return {getattr(p[-1], "key", None) for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+#: the prepared leaves of a tree prepared with ``vjp``: input-gradient kernels (direct or Winograd)
+_VJP_KERNELS = frozenset({"kernel_t", "kernel_wt"})
+
+
 def _has_kernel_t(tree: Any) -> bool:
-    """Prepared with ``vjp``: input-gradient kernels (direct or Winograd)."""
-    return bool(_leaf_names(tree) & {"kernel_t", "kernel_wt"})
+    """Prepared with ``vjp``."""
+    return bool(_leaf_names(tree) & _VJP_KERNELS)
 
 
 def _dtype_key(dtype: Any) -> Any:
@@ -388,7 +392,7 @@ class ADMModel(Model):
             winograd = self.dtype == np.float32 and self.config.num_channels >= CPU_WINOGRAD_MIN_CHANNELS
         if self.prepared is not None:
             names = _leaf_names(self.prepared)
-            if (not vjp or names & {"kernel_t", "kernel_wt"}) and ("kernel_w" in names) == winograd:
+            if (not vjp or names & _VJP_KERNELS) and ("kernel_w" in names) == winograd:
                 return self
         leaves = jax.tree.leaves(self.params)
         if not leaves or not all(map(_on_this_cpu, leaves)):
