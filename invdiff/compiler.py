@@ -84,7 +84,7 @@ def prefer_options(tree: Any, **overrides: Any) -> None:
 
     def forget(ref: weakref.ref, key: int) -> None:
         if _PREFERRED.get(key, (None,))[0] is ref:
-            del _PREFERRED[key]
+            _PREFERRED.pop(key, None)
 
     for a in jax.tree.leaves(tree):
         _PREFERRED[id(a)] = (weakref.ref(a, functools.partial(forget, key=id(a))), items)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -305,11 +306,14 @@ WINOGRAD_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
 
 #: (vjp, winograd) -> (weak references to the last parameter set's leaves, its prepare_params tree)
 _PREPARED: dict[tuple[bool, bool], tuple[list, Any]] = {}
+#: held while with_prepared reads and fills _PREPARED (solves may be prepared in several threads,
+#: e.g. invdiff.precompile in one while solve runs in another)
+_PREPARED_LOCK = threading.RLock()
 
 
 def _forget(key: tuple[bool, bool], entry: tuple) -> None:
     if _PREPARED.get(key) is entry:
-        del _PREPARED[key]
+        _PREPARED.pop(key, None)
 
 
 def _on_this_cpu(a: Any) -> bool:
@@ -397,19 +401,20 @@ class ADMModel(Model):
         leaves = jax.tree.leaves(self.params)
         if not leaves or not all(map(_on_this_cpu, leaves)):
             return self  # numpy cannot read them here
-        for key in [k for k, (refs, _) in _PREPARED.items() if not _same_leaves(refs, leaves)]:
-            del _PREPARED[key]  # one parameter set at a time
-        key = (vjp, winograd)
-        if key not in _PREPARED:
-            unet = self.config.unet()
-            tree = jax.device_put(prepare_params(self.params, vjp=vjp, upsampling=unet.upsampling_convs(),
-                                                 winograd=winograd, strided=unet.strided_convs()))
-            if winograd:
-                compiler.prefer_options(tree, **WINOGRAD_OPTIONS)
-            entry = ([weakref.ref(a) for a in leaves], tree)
-            _PREPARED[key] = entry
-            weakref.finalize(leaves[0], _forget, key, entry)  # freed with the weights
-        return dataclasses.replace(self, prepared=_PREPARED[key][1])
+        with _PREPARED_LOCK:
+            for key in [k for k, (refs, _) in _PREPARED.copy().items() if not _same_leaves(refs, leaves)]:
+                _PREPARED.pop(key, None)  # one parameter set at a time
+            key = (vjp, winograd)
+            if key not in _PREPARED:
+                unet = self.config.unet()
+                tree = jax.device_put(prepare_params(self.params, vjp=vjp, upsampling=unet.upsampling_convs(),
+                                                     winograd=winograd, strided=unet.strided_convs()))
+                if winograd:
+                    compiler.prefer_options(tree, **WINOGRAD_OPTIONS)
+                entry = ([weakref.ref(a) for a in leaves], tree)
+                _PREPARED[key] = entry
+                weakref.finalize(leaves[0], _forget, key, entry)  # freed with the weights
+            return dataclasses.replace(self, prepared=_PREPARED[key][1])
 
     @classmethod
     def create(cls, config: ADMConfig, params: Any, dtype: Any = jnp.float32,
