@@ -44,7 +44,7 @@ from invdiff.operator import (  # noqa: E402
     compose,
 )
 from invdiff.schedule import repaint_schedule  # noqa: E402
-from invdiff.solve import Problem, Solution, Solver, Step, noised, solve  # noqa: E402
+from invdiff.solve import Problem, Solution, Solver, Step, noised, precompile, solve  # noqa: E402
 from invdiff.tiling import TiledModel, solve_any_size, tiled, tiled_model  # noqa: E402
 
 __version__ = "0.1.0"
@@ -69,6 +69,7 @@ __all__ = [
     "guided",
     "load_model",
     "noised",
+    "precompile",
     "repaint_schedule",
     "solve",
     "solve_any_size",

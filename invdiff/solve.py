@@ -12,6 +12,7 @@ them — like a new y, mask, key or label — reuses the compiled program.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import warnings
 from collections.abc import Callable
@@ -333,11 +334,13 @@ def _split_and_normal(key: Array, shape: tuple[int, ...]) -> tuple[Array, Array]
 
 
 def _run_jit(solver: Solver, problem: Problem, tr: tuple, x_init: Array, key: Array, call_id: Array,
-             **static: Any) -> tuple[Array, Trajectory | None]:
-    """The compiled walk; ``resample`` (static) is read off the walk's concrete ``up`` flags."""
+             lower: bool = False, **static: Any) -> Any:
+    """The compiled walk; ``resample`` (static) is read off the walk's concrete ``up`` flags.
+    ``lower``: the walk's program lowered ahead of time (a ``jax.stages.Lowered``), not run."""
     up = tr[-1]
     resample = isinstance(up, jax.core.Tracer) or bool(np.any(np.asarray(up)))
-    return _run_compiled(solver, problem, tr, x_init, key, call_id, resample=resample, **static)
+    run = _run_compiled.lower if lower else _run_compiled
+    return run(solver, problem, tr, x_init, key, call_id, resample=resample, **static)
 
 
 def shard_count(batch: int, devices: int) -> int:
@@ -536,6 +539,75 @@ def solve(
     B·N axis is what ``devices`` splits), counts N network calls per step in ``nfe``, and also
     returns ``particles`` (B, N, *x_shape).
     """
+    c = _prepare(solver, model, op, y, key=key, sigma_y=sigma_y, label=label, x_init=x_init,
+                 start_step=start_step, walk=walk, save_every=save_every, clip_x0=clip_x0, devices=devices)
+    call_id = next(_CALL_IDS) % 2**31 if progress is not None else 0
+    if progress is not None:
+        _PROGRESS[call_id] = progress
+    try:
+        x, traj = _run_jit(*c.args, jax.device_put(np.int32(call_id)), progress=progress is not None, **c.static)
+        if progress is not None:
+            x = jax.block_until_ready(x)  # the callbacks must run while this one is registered
+    finally:
+        _PROGRESS.pop(call_id, None)
+    particles = None
+    if c.n_part > 1:
+        particles = x.reshape((c.batch, c.n_part) + c.x_shape)
+        x = particles[:, 0]
+    return Solution(x=x, nfe=c.nfe, vjp=c.vjp, trajectory=traj, particles=particles)
+
+
+def precompile(
+    solver: Solver,
+    model: Model,
+    op: LinearOperator,
+    y: Array,
+    *,
+    key: Array,
+    sigma_y: float | Array = 0.0,
+    label: Array | None = None,
+    x_init: Array | None = None,
+    start_step: int | None = None,
+    walk: np.ndarray | None = None,
+    save_every: int = 0,
+    progress: Callable[[int], None] | None = None,
+    clip_x0: bool | tuple[float, float] | None = None,
+    devices: Any = None,
+) -> None:
+    """Compile the program that :func:`solve` with these arguments runs, without running it.
+
+    Takes :func:`solve`'s arguments and checks them the same way. A later ``solve`` whose
+    arguments have the same shapes, dtypes and static settings (the solver's step counts, the
+    operator's type, whether ``progress`` is None, ...) runs without compiling, also with other
+    values (another y, key, mask, hyperparameter). Compilation releases the GIL for most of its
+    time, so calling this in a thread overlaps compiling the next problem with solving the
+    current one (``invdiff demo`` does; on a CPU most of the compilation runs on one core while
+    a solve uses all). Wait for it to return before the ``solve`` it prepares: a ``solve``
+    that starts while the same program is still compiling compiles it a second time.
+    """
+    c = _prepare(solver, model, op, y, key=key, sigma_y=sigma_y, label=label, x_init=x_init,
+                 start_step=start_step, walk=walk, save_every=save_every, clip_x0=clip_x0, devices=devices)
+    _run_jit(*c.args, jax.device_put(np.int32(0)), lower=True, progress=progress is not None, **c.static).compile()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """A checked, prepared solve: the walk program's arguments and what the Solution reports."""
+
+    args: tuple
+    static: dict
+    batch: int
+    n_part: int
+    x_shape: tuple[int, ...]
+    nfe: int
+    vjp: int
+
+
+def _prepare(solver: Solver, model: Model, op: LinearOperator, y: Array, *, key: Array,
+             sigma_y: float | Array, label: Array | None, x_init: Array | None, start_step: int | None,
+             walk: np.ndarray | None, save_every: int, clip_x0: bool | tuple[float, float] | None,
+             devices: Any) -> _Call:
+    """Checks solve's arguments (clear errors before any compilation) and prepares its program's."""
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be an invdiff Solver instance (e.g. DDNM()), got {solver!r}")
     _check_static_fields(solver)
@@ -610,24 +682,11 @@ def solve(
     tr_arrays = tuple(jax.device_put(np.asarray(a, np.float32) if np.issubdtype(np.asarray(a).dtype, np.floating)
                                      else np.asarray(a)) for a in tr.arrays())
     problem, x_init, sharding = _shard(problem, x_init, batch * n_part, x_shape, devices)
-    call_id = next(_CALL_IDS) % 2**31 if progress is not None else 0
-    if progress is not None:
-        _PROGRESS[call_id] = progress
-    try:
-        x, traj = _run_jit(solver, problem, tr_arrays, x_init, key, jax.device_put(np.int32(call_id)),
-                           save_every=int(save_every), progress=progress is not None, sharding=sharding,
-                           init_shape=init_shape)
-        if progress is not None:
-            x = jax.block_until_ready(x)  # the callbacks must run while this one is registered
-    finally:
-        _PROGRESS.pop(call_id, None)
     per_call = int(getattr(model, "nfe_per_call", 1)) * n_part
-    particles = None
-    if n_part > 1:
-        particles = x.reshape((batch, n_part) + x_shape)
-        x = particles[:, 0]
-    return Solution(x=x, nfe=tr.num_down * solver.nfe_per_step * per_call,
-                    vjp=tr.num_down * solver.vjp_per_step * per_call, trajectory=traj, particles=particles)
+    return _Call(args=(solver, problem, tr_arrays, x_init, key),
+                 static=dict(save_every=int(save_every), sharding=sharding, init_shape=init_shape),
+                 batch=batch, n_part=n_part, x_shape=x_shape,
+                 nfe=tr.num_down * solver.nfe_per_step * per_call, vjp=tr.num_down * solver.vjp_per_step * per_call)
 
 
 def noised(x0: Array, model: Model, steps: int, start_step: int, key: Array) -> Array:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,6 +106,36 @@ def test_same_key_same_result_and_no_recompilation():
     assert trace_count() == n, "a new key, y or eta must not recompile"
     invdiff.solve(DDIM(steps=11), MODEL, FIRST, y, key=jax.random.key(3))
     assert trace_count() == n + 1, "a new number of steps is a new program"
+
+
+def test_precompile_in_a_thread_leaves_solve_nothing_to_compile():
+    compiles = []
+
+    def listen(event: str, secs: float, **kw) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(secs)
+
+    solver = DDIM(steps=9, eta=jnp.asarray(0.3))
+    y = jnp.zeros((5, 1))
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        n = trace_count()
+        worker = threading.Thread(target=invdiff.precompile, args=(solver, MODEL, FIRST, y),
+                                  kwargs=dict(key=jax.random.key(0), sigma_y=0.1))
+        worker.start()
+        worker.join()
+        assert trace_count() == n + 1 and compiles, "precompile compiles the walk"
+        # other values (y, key, sigma_y, eta) are the same program
+        other = dict(solver=solver.replace(eta=jnp.asarray(0.6)), y=y + 1, key=jax.random.key(1))
+        done = len(compiles)
+        x = invdiff.solve(other["solver"], MODEL, FIRST, other["y"], key=other["key"], sigma_y=0.2).x
+        assert np.all(np.isfinite(np.asarray(x)))
+        assert trace_count() == n + 1 and len(compiles) == done, "solve found the program compiled"
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    with pytest.raises(ValueError, match="sigma_y must be a finite scalar"):  # checked like solve
+        invdiff.precompile(solver, MODEL, FIRST, y, key=jax.random.key(0), sigma_y=-1.0)
+    assert trace_count() == n + 1
 
 
 def test_resampling_composes_with_any_solver():
