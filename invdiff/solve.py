@@ -576,14 +576,15 @@ def precompile(
 ) -> None:
     """Compile the program that :func:`solve` with these arguments runs, without running it.
 
-    Takes :func:`solve`'s arguments and checks them the same way. A later ``solve`` whose
-    arguments have the same shapes, dtypes and static settings (the solver's step counts, the
-    operator's type, whether ``progress`` is None, ...) runs without compiling, also with other
-    values (another y, key, mask, hyperparameter). Compilation releases the GIL for most of its
-    time, so calling this in a thread overlaps compiling the next problem with solving the
-    current one (``invdiff demo`` does; on a CPU most of the compilation runs on one core while
-    a solve uses all). Wait for it to return before the ``solve`` it prepares: a ``solve``
-    that starts while the same program is still compiling compiles it a second time.
+    Takes :func:`solve`'s arguments and checks them the same way (of ``progress``, only
+    whether it is None matters here). A later ``solve`` whose arguments have the same shapes,
+    dtypes and static settings (the solver's step counts, the operator's type, whether
+    ``progress`` is None, ...) runs without compiling, also with other values (another y, key,
+    mask, hyperparameter). Compilation releases the GIL for most of its time, so calling this
+    in a thread overlaps compiling the next problem with solving the current one (``invdiff
+    demo`` does: on a CPU, compilation is mostly one core's work, and a small solve leaves
+    cores idle). Wait for it to return before the ``solve`` it prepares: a ``solve`` that
+    starts while the same program is still compiling compiles it a second time.
     """
     c = _prepare(solver, model, op, y, key=key, sigma_y=sigma_y, label=label, x_init=x_init,
                  start_step=start_step, walk=walk, save_every=save_every, clip_x0=clip_x0, devices=devices)
@@ -607,7 +608,8 @@ def _prepare(solver: Solver, model: Model, op: LinearOperator, y: Array, *, key:
              sigma_y: float | Array, label: Array | None, x_init: Array | None, start_step: int | None,
              walk: np.ndarray | None, save_every: int, clip_x0: bool | tuple[float, float] | None,
              devices: Any) -> _Call:
-    """Checks solve's arguments (clear errors before any compilation) and prepares its program's."""
+    """Checks solve's arguments (clear errors before any compilation) and prepares its program's
+    arguments."""
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be an invdiff Solver instance (e.g. DDNM()), got {solver!r}")
     _check_static_fields(solver)
