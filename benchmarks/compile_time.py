@@ -78,7 +78,9 @@ def run_one(repo: Path, solver: str, steps: int, val: Path, xla_flags: str | Non
         env["XLA_FLAGS"] = xla_flags
     env.pop("INVDIFF_CACHE_DIR", None)
     out = subprocess.run([sys.executable, "-c", CHILD, solver, str(steps), str(val)], cwd=repo, env=env,
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    if out.returncode:  # e.g. an XLA flag this jaxlib does not know
+        raise SystemExit(f"{solver} in {repo} (XLA_FLAGS={env.get('XLA_FLAGS')!r}) failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -113,8 +115,10 @@ def main() -> None:
         return statistics.median(r[kind + "first"] - r[kind + "second"] for r in rows[(solver, name)])
 
     names = list(repos)
-    md = [f"# Compile time per solver program, bundled model (cold, persistent cache off) — {platform.machine()}, "
-          f"{os.cpu_count()} cores", "",
+    from invdiff.bench.timing import cpu_name
+
+    md = [f"# Compile time per solver program, bundled model (cold, persistent cache off) — {cpu_name()}, "
+          f"{platform.machine()}, {os.cpu_count()} cores", "",
           f"- command: `python benchmarks/compile_time.py --repos {a.repos} --solvers {a.solvers} --steps {a.steps} "
           f"--rounds {a.rounds}`; date {time.strftime('%Y-%m-%d %H:%M')}",
           "- checkouts: " + ", ".join(

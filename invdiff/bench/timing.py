@@ -109,15 +109,26 @@ def compile_clock() -> Iterator[CompileClock]:
             _ACTIVE.remove(clock)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name, with what tells machines of one name apart: x86 family and model
+    (e.g. AMD EPYC family 25 model 1 is Zen 3, model 17 Zen 4) and the widest vector ISA."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
+            fields: dict[str, str] = {}
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
+                k, _, v = line.partition(":")
+                fields[k.strip().lower()] = v.strip()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        fields = {}
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set((fields.get("flags") or fields.get("features", "")).split())
+    isa = next((i for f, i in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON")) if f in flags), None)
+    extra = [f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields and "model" in fields
+             else None, isa]
+    extra = [e for e in extra if e]
+    return f"{name} ({', '.join(extra)})" if extra else name
 
 
 def machine_info() -> dict[str, Any]:
@@ -132,7 +143,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "host": platform.node(),
         "python": platform.python_version(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "backend": dev.platform,
         "device_kind": dev.device_kind,
@@ -153,4 +164,4 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-__all__ = ["COMPILE_EVENTS", "CompileClock", "compile_clock", "machine_info"]
+__all__ = ["COMPILE_EVENTS", "CompileClock", "compile_clock", "cpu_name", "machine_info"]
