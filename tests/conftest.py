@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib.metadata import version
 from pathlib import Path
 
 # Tests compile ~2200 small programs and run each once or twice; compiling is ~3/4 of the suite's
@@ -12,8 +13,13 @@ from pathlib import Path
 # runs do not feel. (The library keeps the new emitters: at -O1 they compile its solver programs
 # faster.) Set before JAX starts its backend, inherited by the tests' subprocesses; a user's
 # XLA_FLAGS win.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                                   "--xla_cpu_emitter_verification_level=0 --xla_cpu_use_fusion_emitters=false")
+_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# XLA aborts the process on a flag it does not know: the two XLA:CPU flags only with a jaxlib known
+# to have them (0.10; older ones run the suite without them)
+_JAXLIB = tuple(int(p) if p.isdigit() else 0 for p in version("jaxlib").split(".")[:2])
+if _JAXLIB >= (0, 10):
+    _FLAGS += " --xla_cpu_emitter_verification_level=0 --xla_cpu_use_fusion_emitters=false"
+os.environ.setdefault("XLA_FLAGS", _FLAGS)
 
 import pytest  # noqa: E402
 
