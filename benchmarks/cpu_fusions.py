@@ -193,7 +193,9 @@ def main() -> None:
     if bad := [m for m in modes if m not in ("fwd", "fwd+vjp")]:
         ap.error(f"unknown mode(s) {bad}: choose from fwd, fwd+vjp")
     out = Path(a.out or f"benchmarks/results/cpu_fusions_{a.model}")
-    res = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+    from invdiff.bench.timing import cpu_name
+
+    res = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.platform()}",
            "jax": jax.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
            "command": "python benchmarks/cpu_fusions.py " + " ".join(sys.argv[1:]),
            "profiles": [], "single_convs": []}
