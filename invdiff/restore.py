@@ -394,20 +394,21 @@ def restore(
         if progress is True:
             import sys
 
-            from tqdm.auto import tqdm
-
             for g in job.groups:
                 if g.plan.mode != "native":
                     print(f"restore: {len(g.index)} input(s) of {g.plan.describe()}", file=sys.stderr)
-            bar = tqdm(total=total * len(chunks), desc=f"{solver}: compiling", unit="step")
         written: dict[int, Path] = {}
         try:
             for group, rows in chunks:
                 stop.check(_summary(job, list(written)))
+                if progress is True and bar is None:  # after the check: "compiling" means the batch has begun
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=total * len(chunks), desc=f"{solver}: compiling", unit="step")
                 if bar is not None:
                     done = [0]
 
-                    def cb(k, done=done):
+                    def cb(k, done=done, bar=bar):
                         if done[0] == 0:
                             bar.set_description(f"{solver}: sampling")
                         bar.update(k - done[0])

@@ -345,7 +345,8 @@ def test_sigint_to_real_cli_runs_during_compilation_and_sampling(model_dir, tmp_
         assert rc == 130 and "Traceback" not in err, (moment, rc, err[-2000:])
         # the batch in progress, and only it, was finished; a signal that lands between two batches
         # (a heavily loaded machine) stops before the next one
-        assert files == ["in0.png"] if moment == "compiling" else files in (["in0.png"], ["in0.png", "in1.png"])
+        assert (files == ["in0.png"] if moment == "compiling" else files in (["in0.png"], ["in0.png", "in1.png"])), \
+            (moment, files, err[-2000:])
         last = err.strip().splitlines()[-1]
         assert last.startswith(f"invdiff restore: interrupted: wrote {len(files)} of 3 "), err[-2000:]
         for f in files:
