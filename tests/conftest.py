@@ -53,6 +53,18 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
+def cpu_devices_env():
+    """``make(n, **env)``: the environment for a child process with ``n`` virtual CPU devices,
+    keeping this file's XLA_FLAGS (they cut the child's compile time by a third to a half)."""
+
+    def make(n: int, **env: str) -> dict[str, str]:
+        flags = f"--xla_force_host_platform_device_count={n} {os.environ.get('XLA_FLAGS', '')}".strip()
+        return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, **env)
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def adm_fixtures() -> Path:
     if not (ADM_FIXTURES / "diffusion_io.npz").exists():
         pytest.skip(f"reference fixtures not found at {ADM_FIXTURES} (set INVDIFF_FIXTURES)")

@@ -440,16 +440,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one(small_run, tmp_path):
+def test_two_processes_equal_one(small_run, tmp_path, cpu_devices_env):
     """solve spreads a batch over the devices of both processes; bench splits the images over the
     processes, each appends to its own shard and process 0 merges them: the records equal one process's."""
     data = tmp_path / "data.npz"
     np.savez(data, images=DATA)
     out = tmp_path / "two"
-    # two CPU devices each, plus conftest's XLA_FLAGS (they halve XLA's compile time for these tiny
-    # programs; results agree to rounding)
-    flags = f"--xla_force_host_platform_device_count=2 {os.environ.get('XLA_FLAGS', '')}".strip()
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), XLA_FLAGS=flags)
+    env = cpu_devices_env(2, PYTHONPATH=str(REPO))  # two CPU devices each; results agree to rounding
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), port, str(out), str(data)], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]

@@ -7,7 +7,6 @@ must be set before JAX starts), on four virtual CPU devices.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -68,11 +67,9 @@ def test_shard_count_uses_the_largest_divisor():
     assert shard_count(5, 1) == 1
 
 
-def test_four_devices_match_one():
-    # four CPU devices, plus conftest's XLA_FLAGS (they cut the child's compile time by ~30 %)
-    flags = f"--xla_force_host_platform_device_count=4 {os.environ.get('XLA_FLAGS', '')}".strip()
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+def test_four_devices_match_one(cpu_devices_env):
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=cpu_devices_env(4), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
     res = json.loads(line[len("RESULT"):])
