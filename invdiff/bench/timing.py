@@ -124,10 +124,10 @@ def cpu_name() -> str:
         fields = {}
     name = fields.get("model name") or platform.processor() or platform.machine()
     flags = set((fields.get("flags") or fields.get("features", "")).split())
-    isa = next((i for f, i in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON")) if f in flags), None)
-    extra = [f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields and "model" in fields
-             else None, isa]
-    extra = [e for e in extra if e]
+    extra = []
+    if "cpu family" in fields and "model" in fields:
+        extra.append(f"family {fields['cpu family']} model {fields['model']}")
+    extra += [isa for f, isa in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON")) if f in flags][:1]
     return f"{name} ({', '.join(extra)})" if extra else name
 
 
