@@ -1,6 +1,6 @@
 """XLA options for invdiff's own compiled programs (the ``solve`` loop, the ADM network).
 
-On CPU, invdiff compiles its programs with three XLA:CPU options that differ from the
+On CPU, invdiff compiles its programs with four XLA:CPU options that differ from the
 defaults of jax 0.10:
 
 * ``xla_cpu_experimental_ynn_fusion_type`` += ``ELTWISE``: element-wise work (GroupNorm,
@@ -13,9 +13,16 @@ defaults of jax 0.10:
 * ``xla_cpu_emitter_verification_level=0``: XLA:CPU does not re-verify the MLIR its fusion
   emitters generate for each kernel (a consistency check of XLA itself). A 3-step loop over the
   bundled model compiled in 1.78 s instead of 1.97 s (medians of 6), the same program.
+* ``xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE``: XLA:CPU's own preset for compile time
+  over run time (it runs fewer HLO optimisation passes). RePaint's and DPS's programs on the
+  bundled model compiled ~10 % faster, DDNM's ~2 % (``benchmarks/compile_time.py``, 4 rounds);
+  the network's forward and forward + VJP ran as fast (one process, alternating).
 
 Figures and commands: README, "Performance". Results change in the last float32 digits
 (relative 3e-7 on the bundled model's output).
+
+The options are passed only with a jaxlib known to have them (0.10 or later): XLA rejects an
+option it does not know, and older jaxlibs compile with their defaults.
 
 The options apply only to programs invdiff compiles itself at the top level (``solve``, and
 ``ADMModel.raw`` / ``eps`` called outside a transformation); inside a user's own ``jax.jit``
@@ -50,7 +57,15 @@ CPU_OPTIONS: dict[str, Any] = {
     "xla_cpu_experimental_ynn_fusion_type": ynn_fusion_types(*YNN_TYPES),
     "xla_backend_optimization_level": 1,
     "xla_cpu_emitter_verification_level": 0,
+    "xla_cpu_opt_preset": "CPU_OPT_PRESET_FAST_COMPILE",
 }
+
+#: the oldest jaxlib (major, minor) whose XLA knows every option of :data:`CPU_OPTIONS`
+MIN_JAXLIB = (0, 10)
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else 0 for p in jax.lib.__version__.split(".")[:2])
 
 
 def enabled() -> bool:
@@ -62,8 +77,9 @@ def enabled() -> bool:
 def compiler_options(overrides: tuple[tuple[str, Any], ...] = ()) -> dict[str, Any] | None:
     """The options for the default backend: :data:`CPU_OPTIONS` updated by ``overrides`` ((name,
     value) pairs, see :func:`prefer_options`) on CPU, minus any the user set in ``XLA_FLAGS``;
-    None elsewhere or when turned off. Read once, at the first compilation."""
-    if not enabled() or jax.default_backend() != "cpu":
+    None elsewhere, when turned off, or with a jaxlib older than :data:`MIN_JAXLIB`. Read once, at
+    the first compilation."""
+    if not enabled() or jax.default_backend() != "cpu" or _jaxlib_version() < MIN_JAXLIB:
         return None
     user = os.environ.get("XLA_FLAGS", "")
     opts = {k: v for k, v in {**CPU_OPTIONS, **dict(overrides)}.items() if f"--{k}" not in user}

@@ -31,6 +31,13 @@ def test_options_on_cpu_yield_to_the_user(fresh):
     assert compiler.compiler_options() is None
 
 
+def test_no_options_for_a_jaxlib_that_may_not_know_them(fresh):
+    # XLA rejects an option it does not know: older jaxlibs compile with their defaults
+    fresh.delenv(compiler.ENV, raising=False)
+    fresh.setattr(compiler, "_jaxlib_version", lambda: (0, 9))
+    assert compiler.compiler_options() is None
+
+
 def test_the_wrapped_program_computes_the_same_inside_and_outside_a_trace(fresh):
     fresh.delenv(compiler.ENV, raising=False)
 
