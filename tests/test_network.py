@@ -456,8 +456,8 @@ def test_model_as_jit_argument_scan_and_vjp():
 def test_prepared_params_give_the_same_bits_and_never_go_stale():
     """``with_prepared`` (what ``solve`` uses: parameter-only quantities computed once with
     numpy, with ``vjp`` the convolutions' flipped kernels too): the network's output and its
-    input gradient are the same bits (without ``vjp``, the gradient comes from autodiff, within
-    float rounding); new weights drop what was derived from the old ones; it is computed once per
+    input gradient are the same bits (without ``vjp``, the forward ops alone and the gradient
+    from autodiff, within float rounding); new weights drop what was derived from the old ones; it is computed once per
     parameter set and freed with it."""
     from invdiff import compiler
     from invdiff.nets import adm
@@ -476,13 +476,14 @@ def test_prepared_params_give_the_same_bits_and_never_go_stale():
     assert model.with_prepared(vjp=True).prepared is prepared.prepared  # cached per parameter set
     for a, b in zip(out_and_grad(prepared, x), out_and_grad(model, x), strict=True):
         np.testing.assert_array_equal(a, b)
-    # without vjp: the plain forward ops (no VJP rules to trace), the same output bits; autodiff
-    # still gives the input gradient
+    # without vjp: the plain forward ops (no VJP rules to trace), the same output up to float
+    # rounding (the norms with VJP rules are nested programs, which XLA fuses differently);
+    # autodiff still gives the input gradient
     forward_only = model.with_prepared()
     assert "custom_vjp" not in str(jax.make_jaxpr(forward_only.eps)(x, t, lab))
     assert "custom_vjp" in str(jax.make_jaxpr(prepared.eps)(x, t, lab))
     (out, grad), (want_out, want_grad) = out_and_grad(forward_only, x), out_and_grad(model, x)
-    np.testing.assert_array_equal(out, want_out)
+    np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-4)  # a sum of 384 terms of ~1
     np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6 * float(jnp.abs(want_grad).max()))
     # Winograd convolutions (with_prepared(winograd=True)): within float rounding
     for vjp in (True, False):
