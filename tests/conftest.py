@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gc
 import os
-from importlib.metadata import version
 from pathlib import Path
+
+import pytest
+
+from invdiff import compiler
 
 # Tests compile ~2200 small programs and run each once or twice; compiling is ~3/4 of the suite's
 # time. LLVM -O0 without its expensive passes compiles them 10-35 % faster
@@ -16,13 +19,11 @@ from pathlib import Path
 # XLA_FLAGS win.
 _FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 # XLA aborts the process on a flag it does not know: the two XLA:CPU flags only with a jaxlib known
-# to have them (0.10; older ones run the suite without them)
-_JAXLIB = tuple(int(p) if p.isdigit() else 0 for p in version("jaxlib").split(".")[:2])
-if _JAXLIB >= (0, 10):
+# to have them, as the library's own options (importing jax does not read XLA_FLAGS yet: its
+# backend does, at the first computation)
+if compiler._jaxlib_version() >= compiler.MIN_JAXLIB:
     _FLAGS += " --xla_cpu_emitter_verification_level=0 --xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("XLA_FLAGS", _FLAGS)
-
-import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("INVDIFF_SHARED", REPO.parent / "shared"))

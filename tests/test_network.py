@@ -457,8 +457,8 @@ def test_prepared_params_give_the_same_bits_and_never_go_stale():
     """``with_prepared`` (what ``solve`` uses: parameter-only quantities computed once with
     numpy, with ``vjp`` the convolutions' flipped kernels too): the network's output and its
     input gradient are the same bits (without ``vjp``, the forward ops alone and the gradient
-    from autodiff, within float rounding); new weights drop what was derived from the old ones; it is computed once per
-    parameter set and freed with it."""
+    from autodiff, within float rounding); new weights drop what was derived from the old ones;
+    it is computed once per parameter set and freed with it."""
     from invdiff import compiler
     from invdiff.nets import adm
 
