@@ -720,11 +720,33 @@ def test_upsampling_convs_names_every_upsampling_convolution(updown):
         unet.prepare_params({}, upsampling=[("nowhere", "conv")])
 
 
+def test_taps_conv_and_phase_interleave_equal_their_direct_forms():
+    """``taps_conv`` (one product for all taps, then a shifted sum) equals lax's unpadded
+    convolution; ``interleave_phases``' written-out VJP equals autodiff of its slices, bit for
+    bit."""
+    from jax import lax
+
+    from invdiff.nets.conv import _interleave, interleave_phases, taps_conv, taps_matrix
+
+    x = jax.random.normal(jax.random.key(0), (2, 6, 5, 8))
+    k = np.asarray(jax.random.normal(jax.random.key(1), (2, 3, 8, 3)))
+    ref = lax.conv_general_dilated(x, k, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert taps_matrix(k).shape == (8, 18)
+    np.testing.assert_array_equal(taps_matrix(k), taps_matrix(jnp.asarray(k)))
+    np.testing.assert_allclose(taps_conv(x, taps_matrix(k), (2, 3)), ref, rtol=1e-5, atol=1e-5)
+    y = jax.random.normal(jax.random.key(2), (2, 4, 6, 2, 2, 3))
+    g = jax.random.normal(jax.random.key(3), (2, 6, 10, 3))
+    for f in (interleave_phases, _interleave):
+        assert f(y).shape == (2, 6, 10, 3)
+    (a,), (b,) = (jax.vjp(f, y)[1](g) for f in (interleave_phases, _interleave))
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("size", [(4, 4), (5, 3)])
 def test_upsampling_conv_equals_upsample_then_conv(size):
     """``Conv2d(upsample=True)`` (four 2x2 convolutions of the small image) equals a 3x3 conv
     of the nearest-neighbour upsampled image, values and both gradients."""
-    from invdiff.nets.conv import PREPARED, Conv2d, flip_kernel, phase_kernel
+    from invdiff.nets.conv import PREPARED, Conv2d, flip_kernel, phase_kernel, taps_matrix
 
     x = jax.random.normal(jax.random.key(0), (2, *size, 6))
     params = Conv2d(7, 3).init(jax.random.key(1), x)
@@ -741,7 +763,7 @@ def test_upsampling_conv_equals_upsample_then_conv(size):
     k = np.asarray(params["params"]["kernel"])
     np.testing.assert_array_equal(phase_kernel(k), phase_kernel(jnp.asarray(k)))
     prepared = {"params": params["params"], PREPARED: {"kernel_up": phase_kernel(k),
-                                                       "kernel_t": flip_kernel(phase_kernel(k))}}
+                                                       "kernel_t": taps_matrix(flip_kernel(phase_kernel(k)))}}
     value_and_grad = jax.jit(jax.value_and_grad(lambda v, x: jnp.sum(w * ours(v, x)), 1))
     for a, b in zip(value_and_grad(prepared, x), value_and_grad(params, x), strict=True):
         np.testing.assert_array_equal(a, b)

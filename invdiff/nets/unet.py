@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from invdiff.nets.conv import PREPARED, Conv2d, checked_param, flip_kernel, phase_kernel, winograd_kernel
+from invdiff.nets.conv import PREPARED, Conv2d, checked_param, flip_kernel, phase_kernel, taps_matrix, winograd_kernel
 
 Array = jax.Array
 Dtype = Any
@@ -268,9 +268,11 @@ def prepare_params(params: Any, *, vjp: bool = False, upsampling: Sequence[tuple
     * ``kernel_up``: for the convolutions at the paths in ``upsampling`` (those that read a x2
       upsampled input, :meth:`UNet.upsampling_convs`), the 2x2 kernel of all four output
       phases (:func:`~invdiff.nets.conv.phase_kernel`; 16/9 the size of the 3x3 kernel);
-    * with ``vjp``, ``kernel_t``: each convolution kernel (``kernel_up`` where there is one)
-      flipped and transposed (:func:`~invdiff.nets.conv.flip_kernel`), the kernel of its input
-      gradient. This is a second copy of the convolution weights.
+    * with ``vjp``, ``kernel_t``: each convolution kernel flipped and transposed
+      (:func:`~invdiff.nets.conv.flip_kernel`), the kernel of its input gradient; where there
+      is a ``kernel_up``, that flipped, as the matrix of
+      :func:`~invdiff.nets.conv.taps_conv` (:func:`~invdiff.nets.conv.taps_matrix`). This is
+      a second copy of the convolution weights.
     * with ``winograd``, for every other 3x3 convolution (not upsampling, not at the paths in
       ``strided``, :meth:`UNet.strided_convs`): ``kernel_w``, its kernel transformed for
       :func:`~invdiff.nets.conv.winograd_conv3` (16/9 the size), and with ``vjp``, instead of
@@ -303,7 +305,9 @@ def prepare_params(params: Any, *, vjp: bool = False, upsampling: Sequence[tuple
                     raise ValueError(f"upsampling convolution {'/'.join(path)} has a {k.shape[0]}x{k.shape[1]} "
                                      "kernel: phase kernels need 3x3")
                 k = derived["kernel_up"] = phase_kernel(k)
-            if vjp and "kernel_w" not in derived:
+            if vjp and "kernel_up" in derived:
+                derived["kernel_t"] = taps_matrix(flip_kernel(k))
+            elif vjp and "kernel_w" not in derived:
                 derived["kernel_t"] = np.ascontiguousarray(flip_kernel(k))
         if derived:
             leaf = out
