@@ -767,6 +767,11 @@ def test_upsampling_conv_equals_upsample_then_conv(size):
     value_and_grad = jax.jit(jax.value_and_grad(lambda v, x: jnp.sum(w * ours(v, x)), 1))
     for a, b in zip(value_and_grad(prepared, x), value_and_grad(params, x), strict=True):
         np.testing.assert_array_equal(a, b)
+    from invdiff.nets.conv import conv
+
+    with pytest.raises(ValueError, match="taps_matrix"):  # the input-gradient kernel in the wrong form
+        jax.grad(lambda x: conv(x, phase_kernel(k), (1, 1), ((1, 1), (1, 1)), None,
+                                flip_kernel(phase_kernel(k))).sum())(x)
     with pytest.raises(ValueError, match="3x3 stride-1"):
         Conv2d(7, 3, strides=2, upsample=True).init(jax.random.key(1), x)
 

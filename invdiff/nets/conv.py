@@ -120,6 +120,11 @@ def taps_conv(x: Array, m: Array, window: tuple[int, int], precision: Any = None
 
 
 def _conv_fwd(x, k, strides, padding, precision, kt, kw, kwt):
+    if kt is not None and (kt.ndim == 2) != (k.shape[:2] == (2, 2) and tuple(strides) == (1, 1)
+                                             and tuple(map(tuple, padding)) == ((1, 1), (1, 1))):
+        raise ValueError(f"conv: kt of shape {kt.shape} for a {k.shape[0]}x{k.shape[1]} kernel at stride {strides}, "
+                         f"padding {padding}: kt must be taps_matrix(flip_kernel(k)) for a 2x2 kernel at stride 1 "
+                         "padded by 1, else flip_kernel(k)")
     return _forward(x, k, strides, padding, precision, kw), (x, k, kt, kwt)
 
 
