@@ -119,9 +119,14 @@ def taps_conv(x: Array, m: Array, window: tuple[int, int], precision: Any = None
     return out
 
 
+def _taps_gradient(k: Array, strides: tuple[int, int], padding: tuple) -> bool:
+    """Whether the input gradient runs as :func:`taps_conv` (a 2x2 kernel at stride 1 padded by
+    1, as :func:`up2_conv3`'s), with ``kt`` as a :func:`taps_matrix`."""
+    return k.shape[:2] == (2, 2) and tuple(strides) == (1, 1) and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
+
+
 def _conv_fwd(x, k, strides, padding, precision, kt, kw, kwt):
-    if kt is not None and (kt.ndim == 2) != (k.shape[:2] == (2, 2) and tuple(strides) == (1, 1)
-                                             and tuple(map(tuple, padding)) == ((1, 1), (1, 1))):
+    if kt is not None and (kt.ndim == 2) != _taps_gradient(k, strides, padding):
         raise ValueError(f"conv: kt of shape {kt.shape} for a {k.shape[0]}x{k.shape[1]} kernel at stride {strides}, "
                          f"padding {padding}: kt must be taps_matrix(flip_kernel(k)) for a 2x2 kernel at stride 1 "
                          "padded by 1, else flip_kernel(k)")
@@ -132,13 +137,9 @@ def _conv_bwd(strides, padding, precision, res, g):
     x, k, kt, kwt = res
     # input gradient: a stride-1 convolution of g, dilated by the stride, with the kernel
     # flipped in space and its in/out features swapped (see the module docstring)
-    pads = []
-    for (lo, hi), s, n, kk, m in zip(padding, strides, x.shape[1:3], k.shape[:2], g.shape[1:3]):
-        extra = n + lo + hi - kk - (m - 1) * s  # input rows the forward pass never reached
-        pads.append((kk - 1 - lo, kk - 1 - hi + extra))
     if kwt is not None:
         dx = winograd_conv3(g, kwt, precision)
-    elif k.shape[:2] == (2, 2) and strides == (1, 1) and all(p == (0, 0) for p in pads):
+    elif _taps_gradient(k, strides, padding):
         # up2_conv3's gradient: YNNPACK ran this 2x2 convolution (4 O -> I features) at 18-60
         # GFLOP/s, the product over all taps at 80-100 (see taps_conv)
         m = taps_matrix(flip_kernel(k)) if kt is None else kt
@@ -146,6 +147,10 @@ def _conv_bwd(strides, padding, precision, res, g):
     else:
         if kt is None:
             kt = flip_kernel(k)
+        pads = []
+        for (lo, hi), s, n, kk, m in zip(padding, strides, x.shape[1:3], k.shape[:2], g.shape[1:3]):
+            extra = n + lo + hi - kk - (m - 1) * s  # input rows the forward pass never reached
+            pads.append((kk - 1 - lo, kk - 1 - hi + extra))
         dx = lax.conv_general_dilated(g, kt.astype(g.dtype), (1, 1), pads, lhs_dilation=strides,
                                       dimension_numbers=_DN, precision=precision)
     # kernel gradient: x correlated with g (batch and features swapped), g dilated by the stride;
