@@ -777,15 +777,18 @@ def test_upsampling_conv_equals_upsample_then_conv(size):
 
 
 def test_large_cpu_batches_run_in_chunks_with_the_same_values(monkeypatch):
-    """On a single-device CPU, a batch whose activations exceed ``CPU_CHUNK_ELEMENTS``, or of 16
-    samples or more, runs as a loop over chunks (the largest divisor of B that fits, at least 1;
-    from batch 16 on, at most 8 samples): each sample's output is that of its chunk run on its
-    own, within float rounding."""
+    """On a single-device CPU, a batch whose activations exceed ``CPU_CHUNK_ELEMENTS``, or (on a
+    CPU with AVX-512) of 16 samples or more, runs as a loop over chunks (the largest divisor of B
+    that fits, at least 1; there, from batch 16 on, at most 8 samples): each sample's output is
+    that of its chunk run on its own, within float rounding."""
     from invdiff.nets import adm
 
     per = 8 * 8 * 32  # H x W x num_channels of the model below
     batches = (1, 2, 3, 6, 7, 12, 16, 17, 20, 32)
+    monkeypatch.setattr(adm, "cpu_has_avx512", lambda: True)
     assert [adm.cpu_chunk((b, 8, 8, 3), 32) for b in batches] == [1, 2, 3, 6, 7, 12, 8, 1, 5, 8]
+    monkeypatch.setattr(adm, "cpu_has_avx512", lambda: False)
+    assert [adm.cpu_chunk((b, 8, 8, 3), 32) for b in batches] == list(batches)
     monkeypatch.setattr(adm, "CPU_CHUNK_ELEMENTS", 2 * per)
     assert [adm.cpu_chunk((b, 8, 8, 3), 32) for b in batches] == [1, 2, 1, 2, 1, 2, 2, 1, 2, 2]
     with monkeypatch.context() as m:

@@ -249,8 +249,23 @@ def _apply_unet(params: Any, x: Array, t: Array, label: Array | None, prepared: 
 #: The most activations (batch x height x width x ``num_channels``) one network pass takes on a
 #: single-device CPU; larger batches run as a loop over chunks of the batch (:func:`cpu_chunk`).
 CPU_CHUNK_ELEMENTS = 4 * 64 * 64 * 128
-#: From batch ``2 * CPU_CHUNK_SAMPLES`` on, a CPU pass takes at most this many samples.
+#: From batch ``2 * CPU_CHUNK_SAMPLES`` on, a CPU pass takes at most this many samples, on CPUs
+#: with AVX-512 (:func:`cpu_has_avx512`).
 CPU_CHUNK_SAMPLES = 8
+
+
+@functools.cache
+def cpu_has_avx512() -> bool:
+    """Whether this machine's CPU has AVX-512 (``avx512f`` in ``/proc/cpuinfo``; False where that
+    file does not exist, as on macOS and Windows). Read once."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split()
+    except OSError:
+        pass
+    return False
 
 
 def cpu_chunk(x_shape: tuple[int, ...], num_channels: int) -> int:
@@ -258,29 +273,32 @@ def cpu_chunk(x_shape: tuple[int, ...], num_channels: int) -> int:
     pass takes the largest divisor of B (at least 1) such that
 
     * ``chunk x H x W x num_channels`` is within :data:`CPU_CHUNK_ELEMENTS`, and
-    * from batch 16 (``2 * CPU_CHUNK_SAMPLES``) on, ``chunk`` <= :data:`CPU_CHUNK_SAMPLES`.
+    * on a CPU with AVX-512 (:func:`cpu_has_avx512`), from batch 16 (``2 * CPU_CHUNK_SAMPLES``)
+      on, ``chunk`` <= :data:`CPU_CHUNK_SAMPLES`.
 
     The UNet treats samples independently: the values are the same up to float rounding
-    (relative 2e-6 on a 128-channel ADM). Measured on a 2-core AMD EPYC (jax 0.10.2):
+    (relative 2e-6 on a 128-channel ADM). Measured on 2-core AMD EPYCs (jax 0.10.2):
 
     * XLA:CPU's (YNNPACK's) convolutions run 20-25 % slower per sample once their activations
       outgrow the caches (a 3x3 128->128 convolution at 64x64: 160-180 GFLOP/s at batch 1 and 4,
       130-140 at batch 16; ``benchmarks/cpu_fusions.py``). The 128-channel ADM at 64x64 and batch
       16, in chunks of 4: forward 6.4 -> 5.5 s, forward + VJP 14.9 -> 13.4 s.
-    * The bundled model (32 channels) ran its 64x64 fusions 2-3.5x slower per sample at batch 16
-      than at 12, and its forward + VJP ~25 % slower per sample at 16 and 32, with both cores
-      busy only ~75 % of the time; batches of 12, 20 and 24 were not slow. The cause is inside
-      XLA:CPU; chunks of 8 avoid it. DPS, 5 steps at batch 16: 6.8 -> 5.7 s and 7.2 -> 6.0 s
-      (two runs); DDNM, 10 steps at 16: 4.8 -> 4.1-4.3 s; DPS, 3 steps at 32: 8.0 -> 6.2 s. At
-      20 (chunks of 5) and 24 (of 8): 4.1 s either way and 4.7 -> 5.0 s (scratch scripts, one
-      process each).
+    * On a Zen 4 (AVX-512), the bundled model (32 channels) ran its 64x64 fusions 2-3.5x slower
+      per sample at batch 16 than at 12, and its forward + VJP ~25 % slower per sample at 16 and
+      32; batches of 12, 20 and 24 were not slow. Chunks of 8 avoid it: DPS, 5 steps at batch
+      16: 6.8 -> 5.7 s and 7.2 -> 6.0 s (two runs); DDNM, 10 steps at 16: 4.8 -> 4.1-4.3 s;
+      the forward + VJP in a loop of 3 calls, 1067-1083 ms whole against 821-834 ms.
+    * On a Zen 3 (AVX2 only), the whole batch of 16 was faster: DPS, 5 steps: 7.98 -> 7.18 s per
+      solve and 21.1 -> 17.3 s for the first (compilation: the loop over chunks and its VJP
+      compile ~4 s longer); the forward + VJP 1703 -> 1599 ms per call (medians, alternated in
+      one process); DDNM and the forward alone as fast either way.
 
     With several devices the batch stays whole (it may be sharded across them)."""
     b, h, w = x_shape[:3]
     if jax.default_backend() != "cpu" or jax.device_count() != 1:
         return b
     per = h * w * num_channels
-    cap = CPU_CHUNK_SAMPLES if b >= 2 * CPU_CHUNK_SAMPLES else b
+    cap = CPU_CHUNK_SAMPLES if b >= 2 * CPU_CHUNK_SAMPLES and cpu_has_avx512() else b
     return max(d for d in range(1, cap + 1) if b % d == 0 and (d == 1 or d * per <= CPU_CHUNK_ELEMENTS))
 
 
