@@ -285,13 +285,13 @@ def cpu_chunk(x_shape: tuple[int, ...], num_channels: int) -> int:
       16, in chunks of 4: forward 6.4 -> 5.5 s, forward + VJP 14.9 -> 13.4 s.
     * On a Zen 4 (AVX-512), the bundled model (32 channels) ran its 64x64 fusions 2-3.5x slower
       per sample at batch 16 than at 12, and its forward + VJP ~25 % slower per sample at 16 and
-      32; batches of 12, 20 and 24 were not slow. Chunks of 8 avoid it: DPS, 5 steps at batch
-      16: 6.8 -> 5.7 s and 7.2 -> 6.0 s (two runs); DDNM, 10 steps at 16: 4.8 -> 4.1-4.3 s;
-      the forward + VJP in a loop of 3 calls, 1067-1083 ms whole against 821-834 ms.
-    * On a Zen 3 (AVX2 only), the whole batch of 16 was faster: DPS, 5 steps: 7.98 -> 7.18 s per
-      solve and 21.1 -> 17.3 s for the first (compilation: the loop over chunks and its VJP
-      compile ~4 s longer); the forward + VJP 1703 -> 1599 ms per call (medians, alternated in
-      one process); DDNM and the forward alone as fast either way.
+      32; batches of 12, 20 and 24 were not slow. Chunks of 8 avoid it (whole -> chunks): DPS,
+      5 steps at batch 16, 6.8 -> 5.7 s and 7.2 -> 6.0 s (two runs); DDNM, 10 steps at 16,
+      4.8 -> 4.1-4.3 s; the forward + VJP in a loop of 3 calls, 1067-1083 -> 821-834 ms.
+    * On a Zen 3 (AVX2 only), the whole batch of 16 was faster (chunks of 8 -> whole): DPS, 5
+      steps, 7.98 -> 7.18 s per solve and 21.1 -> 17.3 s for the first (the loop over chunks
+      and its VJP compile ~4 s longer); the forward + VJP 1703 -> 1599 ms per call (medians,
+      alternated in one process); DDNM and the forward alone as fast either way.
 
     With several devices the batch stays whole (it may be sharded across them)."""
     b, h, w = x_shape[:3]
